@@ -1,0 +1,240 @@
+"""What a provider adapter is, and what the gateway gives it.
+
+An adapter translates; it never sleeps, retries, counts or limits. The gateway
+hands it an :class:`Upstream` for each operation: ``send`` performs one HTTP
+exchange with the provider (the gateway adds the base URL, the credential
+headers the adapter names, the timeout, the rate limit and the metrics), and
+``lookup`` caches a translation (a user list, a contact search) with
+coalescing and negative caching.
+
+An adapter module provides a class implementing :class:`Adapter`, registered
+under its ``type`` through the ``gateway.adapters`` entry point.
+
+Translation is pure: building an :class:`UpstreamRequest` and reading an
+:class:`UpstreamResponse` are synchronous functions, tested with literals.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, NewType, Protocol, TypeVar
+from urllib.parse import quote
+
+from gateway.errors import InvalidRequest
+
+# Canonical identifiers (what clients send, normalized) and provider
+# identifiers (what the provider calls the same thing) are distinct types.
+E164 = NewType("E164", str)
+Email = NewType("Email", str)
+ProviderContactId = NewType("ProviderContactId", str)
+ProviderUserId = NewType("ProviderUserId", str)
+
+ContactKind = Literal["phone", "email", "id"]
+AssigneeKind = Literal["email", "id"]
+Mode = Literal["replace", "add"]
+Operation = Literal["assign", "unassign"]
+
+#: Upstream operation names used as metric labels; adapters use only these.
+UPSTREAM_OPERATIONS = ("assign", "unassign", "lookup_contact", "lookup_assignee")
+UpstreamOperation = Literal["assign", "unassign", "lookup_contact", "lookup_assignee"]
+
+JSON = Any
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRef:
+    """A contact as the client named it, already normalized (E.164, lower-case email)."""
+
+    kind: ContactKind
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class AssigneeRef:
+    kind: AssigneeKind
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class TenantContext:
+    """What an adapter may know of the tenant it serves."""
+
+    name: str
+    default_region: str
+    campaign_id: str | None = None
+    organization_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AssignCommand:
+    tenant: TenantContext
+    contact: ContactRef
+    assignee: AssigneeRef
+    mode: Mode = "replace"
+    campaign_id: str | None = None  # the request's, else the tenant's
+    assigned_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnassignCommand:
+    tenant: TenantContext
+    contact: ContactRef
+    campaign_id: str | None = None
+    assigned_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the provider did, in canonical terms."""
+
+    contact_provider_id: ProviderContactId
+    assignee_provider_id: ProviderUserId | None = None
+    assignee_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One HTTP exchange an adapter wants made.
+
+    ``path`` is already percent-encoded (build it with :func:`encode_path`) and
+    is appended to the provider's ``base_url``. ``json`` of ``None`` means no
+    body at all; a body that is JSON ``null`` inside an object is just a dict.
+    """
+
+    operation: UpstreamOperation
+    method: str
+    path: str
+    query: tuple[tuple[str, str], ...] = ()
+    json: JSON = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider can do: checked before any call, published at /v1/tenants."""
+
+    unassign: bool
+    modes: tuple[Mode, ...]
+    contact_kinds: tuple[ContactKind, ...]
+    assignee_kinds: tuple[AssigneeKind, ...]
+    # Provider-id formats, checked on client input before anything is sent.
+    contact_id_pattern: str = r"[A-Za-z0-9_.:+@-]{1,128}"
+    assignee_id_pattern: str = r"[A-Za-z0-9_.:@-]{1,128}"
+    notes: tuple[str, ...] = ()
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "unassign": self.unassign,
+            "modes": list(self.modes),
+            "contact_kinds": list(self.contact_kinds),
+            "assignee_kinds": list(self.assignee_kinds),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDefaults:
+    max_attempts: int = 4
+    deadline_s: float = 10.0
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 5.0
+    queued_backoff_s: float = 30.0
+    give_up_after_s: float = 1800.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitDefaults:
+    rate: float = 10.0
+    burst: int = 10
+    scope: Literal["account", "path"] = "account"
+    max_wait_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderDefaults:
+    base_url: str
+    timeout_s: float = 5.0
+    rate_limit: RateLimitDefaults = field(default_factory=RateLimitDefaults)
+    retry: RetryDefaults = field(default_factory=RetryDefaults)
+
+
+class Upstream(Protocol):
+    """The gateway's side of an operation, handed to an adapter."""
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Make one exchange. Raises only ``UpstreamTimeout`` or ``UpstreamConnectError``;
+        any HTTP status comes back as a response for the adapter to read."""
+        ...
+
+    async def lookup(self, kind: str, key: str, load: Callable[[], Awaitable[T]]) -> T:
+        """Return ``load()``'s value, cached under (provider, kind, key).
+
+        Concurrent identical lookups share one ``load``. ``ContactNotFound`` and
+        ``AssigneeNotFound`` raised by ``load`` are cached briefly too.
+        ``kind`` must be a constant of the adapter (it is a metric label)."""
+        ...
+
+
+class Adapter(Protocol):
+    """A provider adapter. Constructed once per configured provider.
+
+    Implementers must: declare ``type``, ``capabilities`` and ``defaults``;
+    name the credential headers in :meth:`auth_headers`; implement ``assign``
+    and ``unassign`` with pure request builders and response readers around
+    ``upstream.send``; raise only ``gateway.errors`` types, choosing the
+    retryable ones (``UpstreamServerError``, ``UpstreamRateLimited``,
+    ``UpstreamQueued``) from what the provider documents. ``unassign`` on a
+    provider without it is never called: the gateway checks capabilities.
+    """
+
+    type: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    defaults: ClassVar[ProviderDefaults]
+
+    def __init__(self, name: str, api_key: str) -> None: ...
+
+    def auth_headers(self) -> Mapping[str, str]:
+        """The headers that carry this provider's credential, and nothing else."""
+        ...
+
+    def rate_feedback(self, response: UpstreamResponse) -> float | None:
+        """Seconds the provider asks us to hold off (429 Retry-After, remaining 0), or None."""
+        ...
+
+    async def assign(self, upstream: Upstream, command: AssignCommand) -> Outcome: ...
+
+    async def unassign(self, upstream: Upstream, command: UnassignCommand) -> Outcome: ...
+
+
+_DOT_SEGMENTS = frozenset({"", ".", ".."})
+
+
+def encode_segment(value: str) -> str:
+    """Percent-encode one path segment so it can never change the path's shape.
+
+    Everything outside RFC 3986 unreserved characters is encoded (``+`` as
+    ``%2B``, ``/`` as ``%2F``); empty and dot-only segments and control
+    characters are refused outright, since servers and URL libraries
+    normalize them into other paths.
+    """
+    if value in _DOT_SEGMENTS or _CONTROL.search(value):
+        raise InvalidRequest("identifier cannot be used in a path")
+    # ":" and "@" are legal in a segment (RFC 3986 pchar) and keep Aelyst's
+    # "email:a@b.c" readable; "+" is not kept, since some servers read it as a space.
+    return quote(value, safe=":@")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def encode_path(*segments: str) -> str:
+    """Join literal path parts and encoded identifiers: ``encode_path("contact", x)``."""
+    return "/" + "/".join(encode_segment(s) for s in segments)
