@@ -179,7 +179,7 @@ class UpstreamAuthFailed(ProviderError):
 class UpstreamUnavailable(ProviderError):
     code, status, title = "upstream_unavailable", 503, "Upstream unavailable"
     retryable = True
-    reason = "5xx"
+    reason: ClassVar[str | None] = "5xx"
 
 
 class UpstreamServerError(UpstreamUnavailable):

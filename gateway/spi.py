@@ -16,9 +16,13 @@ Translation is pure: building an :class:`UpstreamRequest` and reading an
 
 from __future__ import annotations
 
+import email.utils
+import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any, ClassVar, Literal, NewType, Protocol, TypeVar
 from urllib.parse import quote
 
@@ -238,3 +242,42 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def encode_path(*segments: str) -> str:
     """Join literal path parts and encoded identifiers: ``encode_path("contact", x)``."""
     return "/" + "/".join(encode_segment(s) for s in segments)
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """One header's value, matching its name case-insensitively.
+
+    The gateway hands adapters aiohttp's case-insensitive headers, but tests
+    and fakes use plain dicts, so the match must not rely on either.
+    """
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def retry_after_s(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds or HTTP-date, RFC 9110 10.2.3).
+
+    None when absent, negative or unreadable: a bad header must not become a
+    wait. A date in the past is 0.
+    """
+    raw = header(headers, "Retry-After")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return _http_date_delay(raw.strip(), now)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _http_date_delay(raw: str, now: Callable[[], float]) -> float | None:
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" parses as naive; HTTP-dates are always GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now())

@@ -1,0 +1,49 @@
+# `make run` and `make test` set themselves up on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: run test lint typecheck unit system-deps bench soak clean
+
+$(STAMP): pyproject.toml
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "Python 3.11 or newer is needed (found: $$($(PY) --version))"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+# Debian packages the tests need: installed when missing and we are root,
+# otherwise named so a person can install them.
+SYSTEM_TOOLS := redis-server:redis-server
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "The tests need these Debian packages:$$missing"; \
+	    echo "Install them (sudo apt-get install$$missing) and run make test again."; exit 1; \
+	  fi; \
+	fi
+
+run: $(STAMP)
+	$(BIN)/gateway serve --config config/sandbox.yaml --with-sandboxes
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway providers tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy gateway providers
+
+test: $(STAMP) system-deps lint typecheck
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,135 @@
+"""``gateway serve | check-config | hash-key | sandbox``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.auth import hash_key
+from gateway.config import Config, ConfigError, load_config
+from gateway.registry import sandboxes
+
+DEFAULT_CONFIG = "config/sandbox.yaml"
+SANDBOX_PORTS = {"teli": 8081, "vambe": 8082, "aelyst": 8083}
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _check_config(path: str) -> int:
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        print(f"{path}: {len(e.problems)} problem(s)", file=sys.stderr)
+        for p in e.problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    print(f"{path}: ok ({len(cfg.tenants)} tenants, {len(cfg.providers)} providers, "
+          f"{len(cfg.clients)} clients)")
+    return 0
+
+
+def sandbox_targets(cfg: Config) -> list[tuple[str, str, int, str]]:
+    """(type, host, port, api_key) for each provider configured on a loopback address."""
+    out = []
+    for p in cfg.providers.values():
+        url = urlsplit(p.base_url)
+        if url.hostname in _LOOPBACK and url.port and p.type in sandboxes():
+            out.append((p.type, url.hostname or "127.0.0.1", url.port,
+                        p.api_key.get_secret_value()))
+    return out
+
+
+async def _start(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    return runner
+
+
+async def _serve(cfg: Config, with_sandboxes: bool) -> None:
+    runners = []
+    if with_sandboxes:
+        for ptype, host, port, key in sandbox_targets(cfg):
+            runners.append(await _start(sandboxes()[ptype](api_key=key), host, port))
+            logging.getLogger("gateway").info("sandbox %s on %s:%d", ptype, host, port)
+    runners.append(await _start(create_app(cfg), cfg.listen.host, cfg.listen.port))
+    print(f"gateway serving on http://{cfg.listen.host}:{cfg.listen.port}", flush=True)
+    await _wait_for_signal()
+    for r in reversed(runners):
+        await r.cleanup()
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _serve_sandboxes(host: str) -> None:
+    runners = []
+    for ptype, factory in sorted(sandboxes().items()):
+        port = SANDBOX_PORTS.get(ptype, 0)
+        runners.append(await _start(factory(), host, port))
+        print(f"sandbox {ptype} on http://{host}:{port}", flush=True)
+    await _wait_for_signal()
+    for r in runners:
+        await r.cleanup()
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        pass
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as r:
+        r.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the gateway")
+    serve.add_argument("--config", default=DEFAULT_CONFIG)
+    serve.add_argument("--with-sandboxes", action="store_true",
+                       help="also serve a sandbox for each provider configured on loopback")
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file")
+    hk = sub.add_parser("hash-key", help="print the key_sha256 of a client key")
+    hk.add_argument("key")
+    sb = sub.add_parser("sandbox", help="serve the provider sandboxes on their own ports")
+    sb.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "check-config":
+        return _check_config(args.file)
+    if args.command == "hash-key":
+        print(hash_key(args.key))
+        return 0
+    if args.command == "sandbox":
+        _run(_serve_sandboxes(args.host))
+        return 0
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    _run(_serve(cfg, args.with_sandboxes))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""The configuration: one YAML file, validated whole, loaded once per (re)load.
+
+``${NAME}`` (or ``${NAME:-default}``) in any string takes a value from the
+environment. :func:`load_config` returns a :class:`Config` or raises
+:class:`ConfigError` listing every problem, each naming the exact key.
+Provider keys left out take the defaults of the provider's adapter.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import phonenumbers
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from gateway.registry import AdapterClass, adapters
+
+
+class ConfigError(Exception):
+    """The file cannot serve; ``problems`` names every key that is wrong."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class ClientRateLimit(_Strict):
+    rate: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class RateLimitSpec(_Strict):
+    rate: float = Field(gt=0)
+    burst: int = Field(ge=1)
+    scope: Literal["account", "path"] = "account"
+    max_wait_s: float = Field(2.0, ge=0)
+
+
+class RetrySpec(_Strict):
+    max_attempts: int = Field(ge=1, le=100)
+    deadline_s: float = Field(gt=0)
+    backoff_base_s: float = Field(gt=0)
+    backoff_max_s: float = Field(gt=0)
+    queued_backoff_s: float = Field(gt=0)
+    give_up_after_s: float = Field(gt=0)
+
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class ClientSpec(_Strict):
+    name: str = Field(pattern=_NAME)
+    key_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    tenants: list[str] = Field(min_length=1)
+    rate_limit: ClientRateLimit | None = None
+    admin: bool = False
+
+
+class TenantSpec(_Strict):
+    provider: str
+    default_region: str = "US"
+    campaign_id: str | None = Field(None, min_length=1, max_length=128)
+    organization_id: str | None = Field(None, min_length=1, max_length=128)
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if v.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{v!r} is not a region code phonenumbers knows (e.g. US, GB, CL)")
+        return v.upper()
+
+
+class ProviderSpec(_Strict):
+    """A provider as written in the file; every key but type and api_key may be left out."""
+
+    type: str
+    api_key: SecretStr = Field(min_length=1)
+    base_url: str | None = Field(None, pattern=r"^https?://[^\s?#]+$")
+    timeout_s: float | None = Field(None, gt=0, le=300)
+    rate_limit: dict[str, Any] | None = None
+    retry: dict[str, Any] | None = None
+
+
+class FileSpec(_Strict):
+    listen: Listen = Listen()
+    redis_url: str | None = Field(None, pattern=r"^(rediss?|unix)://")
+    clients: list[ClientSpec] = Field(default_factory=list)
+    tenants: dict[str, TenantSpec] = Field(default_factory=dict)
+    providers: dict[str, ProviderSpec] = Field(default_factory=dict)
+    directory: dict[str, dict[str, int | str]] = Field(default_factory=dict)
+
+
+class ProviderConfig(_Strict):
+    """A provider with its adapter's defaults filled in."""
+
+    name: str
+    type: str
+    api_key: SecretStr
+    base_url: str
+    timeout_s: float
+    rate_limit: RateLimitSpec
+    retry: RetrySpec
+
+
+class Config(_Strict):
+    """The validated configuration the gateway serves with."""
+
+    listen: Listen
+    redis_url: str | None
+    clients: tuple[ClientSpec, ...]
+    tenants: dict[str, TenantSpec]
+    providers: dict[str, ProviderConfig]
+    directory: dict[str, dict[str, str]]
+    source: str = "<memory>"
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _substitute(node: Any, env: Mapping[str, str], where: str, problems: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, env, f"{where}.{k}" if where else str(k), problems)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, env, f"{where}[{i}]", problems) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def repl(m: re.Match[str]) -> str:
+        value = env.get(m.group(1), m.group(2))
+        if value is None:
+            problems.append(f"{where}: environment variable {m.group(1)} is not set")
+            return ""
+        return value
+
+    return _ENV.sub(repl, node)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _pydantic_problems(err: ValidationError, prefix: str = "") -> list[str]:
+    return [f"{prefix}{_loc(e['loc'])}: {e['msg']}" for e in err.errors(include_url=False)]
+
+
+def _resolve_provider(
+    name: str, spec: ProviderSpec, registry: Mapping[str, AdapterClass], problems: list[str]
+) -> ProviderConfig | None:
+    cls = registry.get(spec.type)
+    if cls is None:
+        known = ", ".join(sorted(registry)) or "none installed"
+        problems.append(f"providers.{name}.type: unknown provider type {spec.type!r} ({known})")
+        return None
+    d = cls.defaults
+    where = f"providers.{name}."
+    try:
+        rate = RateLimitSpec(**{**asdict(d.rate_limit), **(spec.rate_limit or {})})
+    except ValidationError as e:
+        problems.extend(_pydantic_problems(e, where + "rate_limit."))
+        return None
+    try:
+        retry = RetrySpec(**{**asdict(d.retry), **(spec.retry or {})})
+    except ValidationError as e:
+        problems.extend(_pydantic_problems(e, where + "retry."))
+        return None
+    return ProviderConfig(
+        name=name, type=spec.type, api_key=spec.api_key,
+        base_url=(spec.base_url or d.base_url).rstrip("/"),
+        timeout_s=spec.timeout_s or d.timeout_s, rate_limit=rate, retry=retry,
+    )
+
+
+def _cross_check(spec: FileSpec, problems: list[str]) -> None:
+    for tname, tenant in spec.tenants.items():
+        if tenant.provider not in spec.providers:
+            problems.append(f"tenants.{tname}.provider: {tenant.provider!r} is not a key of providers")
+    names: set[str] = set()
+    hashes: set[str] = set()
+    for i, client in enumerate(spec.clients):
+        where = f"clients[{i}]"
+        if client.name in names:
+            problems.append(f"{where}.name: {client.name!r} is used by another client")
+        if client.key_sha256.lower() in hashes:
+            problems.append(f"{where}.key_sha256: the same key is given to another client")
+        names.add(client.name)
+        hashes.add(client.key_sha256.lower())
+        for t in client.tenants:
+            if t not in spec.tenants:
+                problems.append(f"{where}.tenants: {t!r} is not a key of tenants")
+    for email, entries in spec.directory.items():
+        if "@" not in email or email != email.strip().lower():
+            problems.append(f"directory.{email}: keys are lower-case email addresses")
+        for pname in entries:
+            if pname not in spec.providers:
+                problems.append(f"directory.{email}.{pname}: not a key of providers")
+
+
+def build_config(
+    raw: Any,
+    *,
+    env: Mapping[str, str] | None = None,
+    registry: Mapping[str, AdapterClass] | None = None,
+    source: str = "<memory>",
+) -> Config:
+    """Validate a parsed document. Raises ConfigError with every problem found."""
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): the file must hold a mapping of keys"])
+    raw = _substitute(raw, os.environ if env is None else env, "", problems)
+    try:
+        spec = FileSpec.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(problems + _pydantic_problems(e)) from None
+    _cross_check(spec, problems)
+    reg = adapters() if registry is None else registry
+    providers = {n: _resolve_provider(n, p, reg, problems) for n, p in spec.providers.items()}
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        listen=spec.listen, redis_url=spec.redis_url, clients=tuple(spec.clients),
+        tenants=spec.tenants,
+        providers={n: p for n, p in providers.items() if p is not None},
+        directory={e: {p: str(v) for p, v in m.items()} for e, m in spec.directory.items()},
+        source=source,
+    )
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read, substitute and validate one file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{p}: cannot read the file ({e.strerror})"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{p}: not valid YAML{at}"]) from None
+    return build_config(raw, env=env, source=str(p))

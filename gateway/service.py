@@ -1,0 +1,166 @@
+"""From a validated canonical request to a provider call and back.
+
+:func:`plan` turns a request into a :class:`Plan`: the tenant resolved and
+authorized, the provider's capabilities checked, identifiers normalized and
+directory overrides applied. Nothing is sent before a plan exists, so every
+refusal here costs the provider nothing. :func:`execute` runs a plan's
+command through its adapter within a deadline and shapes the canonical result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.auth import check_tenant
+from gateway.config import ClientSpec, Config, TenantSpec
+from gateway.errors import (
+    InvalidRequest,
+    ProviderError,
+    UnknownTenant,
+    UnsupportedOperation,
+    UntranslatableIdentifier,
+)
+from gateway.identifiers import check_provider_id, normalize_email, normalize_phone
+from gateway.models import (
+    AssigneeIn,
+    AssigneeOut,
+    AssignRequest,
+    ContactIn,
+    ContactOut,
+    Result,
+    UnassignRequest,
+)
+from gateway.spi import (
+    AssignCommand,
+    AssigneeRef,
+    Capabilities,
+    ContactRef,
+    Operation,
+    Outcome,
+    TenantContext,
+    UnassignCommand,
+)
+from gateway.upstream import Call, ProviderClient
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A request the gateway has accepted for a provider, ready to run (or queue)."""
+
+    operation: Operation
+    client: str
+    tenant: str
+    provider: str  # configured provider name
+    command: AssignCommand | UnassignCommand
+    contact: ContactOut  # the canonical contact, echoed in the result
+
+
+def resolve_tenant(config: Config, client: ClientSpec, requested: str | None) -> str:
+    if requested is None:
+        if len(client.tenants) != 1:
+            raise InvalidRequest("tenant: required, this client key serves several tenants",
+                                 errors=[{"field": "tenant", "message": "required"}])
+        return client.tenants[0]
+    if requested not in config.tenants:
+        raise UnknownTenant("no such tenant")
+    check_tenant(client, requested)
+    return requested
+
+
+def _check_capabilities(caps: Capabilities, provider_type: str, operation: Operation,
+                        body: UnassignRequest) -> None:
+    if operation == "unassign" and not caps.unassign:
+        raise UnsupportedOperation(
+            f"{provider_type} cannot unassign; it can: assign with modes "
+            f"{', '.join(caps.modes)}", provider=provider_type,
+            extra={"capabilities": caps.public()})
+    if isinstance(body, AssignRequest) and body.mode not in caps.modes:
+        raise UnsupportedOperation(
+            f"{provider_type} supports mode {' or '.join(caps.modes)}, not {body.mode}",
+            provider=provider_type, extra={"capabilities": caps.public()})
+
+
+def _contact(c: ContactIn, tenant: TenantSpec, caps: Capabilities,
+             provider_type: str) -> tuple[ContactRef, ContactOut]:
+    kind = "phone" if c.phone is not None else "email" if c.email is not None else "id"
+    if kind not in caps.contact_kinds:
+        raise UntranslatableIdentifier(
+            f"a contact {kind} cannot reach {provider_type}; it takes "
+            f"{', '.join(caps.contact_kinds)}", provider=provider_type)
+    if c.phone is not None:
+        phone = normalize_phone(c.phone, tenant.default_region)
+        return ContactRef("phone", phone), ContactOut(phone=phone, provider_id="")
+    if c.email is not None:
+        email = normalize_email(c.email, "contact.email")
+        return ContactRef("email", email), ContactOut(email=email, provider_id="")
+    assert c.id is not None
+    cid = check_provider_id(c.id, caps.contact_id_pattern, "contact.id", provider_type)
+    return ContactRef("id", cid), ContactOut(id=cid, provider_id="")
+
+
+def _assignee(a: AssigneeIn, caps: Capabilities, provider_type: str, provider: str,
+              directory: Mapping[str, Mapping[str, str]]) -> AssigneeRef:
+    if a.email is not None:
+        email = normalize_email(a.email, "assignee.email")
+        override = directory.get(email, {}).get(provider)
+        if override is not None:
+            # The platform team's directory answers before any provider look-up.
+            return AssigneeRef("id", override)
+        if "email" in caps.assignee_kinds:
+            return AssigneeRef("email", email)
+        raise UntranslatableIdentifier(
+            f"an assignee email cannot reach {provider_type} without a directory entry",
+            provider=provider_type)
+    assert a.id is not None
+    if "id" not in caps.assignee_kinds:
+        raise UntranslatableIdentifier(f"an assignee id cannot reach {provider_type}",
+                                       provider=provider_type)
+    return AssigneeRef("id", check_provider_id(a.id, caps.assignee_id_pattern, "assignee.id",
+                                               provider_type))
+
+
+def plan(config: Config, providers: Mapping[str, ProviderClient], client: ClientSpec,
+         operation: Operation, body: UnassignRequest) -> Plan:
+    """Validate and translate; raises a RequestError before anything is sent."""
+    tenant_name = resolve_tenant(config, client, body.tenant)
+    tenant = config.tenants[tenant_name]
+    pc = providers[tenant.provider]
+    caps, ptype = pc.adapter.capabilities, pc.config.type
+    _check_capabilities(caps, ptype, operation, body)
+    contact, echo = _contact(body.contact, tenant, caps, ptype)
+    ctx = TenantContext(tenant_name, tenant.default_region, tenant.campaign_id,
+                        tenant.organization_id)
+    campaign = body.campaign_id or tenant.campaign_id
+    command: AssignCommand | UnassignCommand
+    if isinstance(body, AssignRequest):
+        assignee = _assignee(body.assignee, caps, ptype, pc.name, config.directory)
+        command = AssignCommand(ctx, contact, assignee, body.mode, campaign, body.assigned_by)
+    else:
+        command = UnassignCommand(ctx, contact, campaign, body.assigned_by)
+    return Plan(operation, client.name, tenant_name, pc.name, command, echo)
+
+
+async def attempt(plan: Plan, pc: ProviderClient, call: Call) -> Outcome:
+    """One run of the adapter; provider errors come out labelled with the provider type."""
+    try:
+        if isinstance(plan.command, AssignCommand):
+            return await pc.adapter.assign(call, plan.command)
+        return await pc.adapter.unassign(call, plan.command)
+    except ProviderError as e:
+        e.provider = pc.config.type
+        raise
+
+
+def result(plan: Plan, provider_type: str, outcome: Outcome, operation_id: str,
+           attempts: int) -> Result:
+    contact = plan.contact.model_copy(update={"provider_id": outcome.contact_provider_id})
+    assignee = None
+    if plan.operation == "assign" and outcome.assignee_provider_id is not None:
+        assignee = AssigneeOut(provider_id=outcome.assignee_provider_id,
+                               name=outcome.assignee_name)
+    return Result(
+        status="assigned" if plan.operation == "assign" else "unassigned",
+        operation_id=operation_id, tenant=plan.tenant, provider=provider_type,
+        contact=contact, assignee=assignee, attempts=attempts,
+    )

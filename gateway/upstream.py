@@ -1,0 +1,228 @@
+"""The one HTTP path to every provider, and the translation cache.
+
+:class:`ProviderClient` owns one configured provider: its adapter, its
+aiohttp session (one per provider, so a slow provider cannot take another's
+connections) and its lookup cache. aiohttp's exceptions are mapped to the
+gateway's here and nowhere else.
+
+:class:`Call` is the :class:`gateway.spi.Upstream` an adapter sees during one
+operation: it carries the operation's deadline, so no attempt outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar, cast
+
+import aiohttp
+import orjson
+from cachetools import TTLCache
+from yarl import URL
+
+from gateway.config import ProviderConfig
+from gateway.errors import (
+    AssigneeNotFound,
+    ContactNotFound,
+    ProviderError,
+    UpstreamConnectError,
+    UpstreamMalformed,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+from gateway.spi import Adapter, UpstreamRequest, UpstreamResponse
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+#: An upstream answer larger than this is not what any provider documents.
+MAX_UPSTREAM_BODY = 1 << 20
+_NOT_FOUND = (ContactNotFound, AssigneeNotFound)
+
+
+class UpstreamObserver(Protocol):
+    """Told of every exchange and cache look-up (metrics implement it)."""
+
+    def exchange(self, provider: str, operation: str, status: str, seconds: float) -> None: ...
+
+    def cache(self, kind: str, result: str) -> None: ...
+
+
+class NullObserver:
+    def exchange(self, provider: str, operation: str, status: str, seconds: float) -> None:
+        return None
+
+    def cache(self, kind: str, result: str) -> None:
+        return None
+
+
+class LookupCache:
+    """A bounded TTL cache of translations with coalescing and negative entries."""
+
+    def __init__(self, *, maxsize: int = 10_000, ttl_s: float = 300.0,
+                 negative_ttl_s: float = 30.0, clock: Clock | None = None) -> None:
+        timer = clock or asyncio.get_running_loop().time
+        self._hits: TTLCache[tuple[str, str], Any] = TTLCache(maxsize, ttl_s, timer=timer)
+        self._misses: TTLCache[tuple[str, str], ProviderError] = TTLCache(
+            maxsize, negative_ttl_s, timer=timer)
+        self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
+
+    async def get(self, kind: str, key: str, load: Callable[[], Awaitable[T]],
+                  observer: UpstreamObserver) -> T:
+        k = (kind, key)
+        if k in self._hits:
+            observer.cache(kind, "hit")
+            return cast(T, self._hits[k])
+        if k in self._misses:
+            observer.cache(kind, "hit")
+            raise self._misses[k]
+        pending = self._inflight.get(k)
+        if pending is not None:
+            observer.cache(kind, "hit")
+            return cast(T, await asyncio.shield(pending))
+        observer.cache(kind, "miss")
+        return await self._load(k, load)
+
+    async def _load(self, k: tuple[str, str], load: Callable[[], Awaitable[T]]) -> T:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inflight[k] = fut
+        try:
+            value = await load()
+        except _NOT_FOUND as e:
+            self._misses[k] = e
+            fut.set_exception(e)
+            raise
+        except BaseException as e:
+            # Waiters see the failure too; nothing is cached, the next call retries.
+            fut.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
+            raise
+        else:
+            self._hits[k] = value
+            fut.set_result(value)
+            return value
+        finally:
+            del self._inflight[k]
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # mark retrieved: waiters may be none
+
+    def clear(self) -> None:
+        self._hits.clear()
+        self._misses.clear()
+
+
+class ProviderClient:
+    """One configured provider: adapter, session, cache. Lives as long as its config."""
+
+    def __init__(self, config: ProviderConfig, adapter: Adapter,
+                 session: aiohttp.ClientSession, cache: LookupCache,
+                 observer: UpstreamObserver | None = None) -> None:
+        self.config = config
+        self.adapter = adapter
+        self.session = session
+        self.cache = cache
+        self.observer: UpstreamObserver = observer or NullObserver()
+        self._base = config.base_url
+        self._headers = {**adapter.auth_headers(), "User-Agent": "assignment-gateway/1"}
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def url(self, request: UpstreamRequest) -> URL:
+        # encoded=True: the adapter already encoded each segment; yarl must not
+        # re-encode or normalize it into another path.
+        return URL(self._base + request.path, encoded=True)
+
+    async def exchange(self, request: UpstreamRequest, timeout_s: float,
+                       extra_headers: Mapping[str, str] | None = None) -> UpstreamResponse:
+        """One HTTP exchange, bounded by ``timeout_s``; never follows redirects."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        status = "error"
+        try:
+            resp = await self._exchange(request, timeout_s, extra_headers)
+            status = f"{resp.status // 100}xx"
+            return resp
+        except UpstreamTimeout:
+            status = "timeout"
+            raise
+        finally:
+            self.observer.exchange(self.name, request.operation, status, loop.time() - start)
+
+    async def _exchange(self, request: UpstreamRequest, timeout_s: float,
+                        extra_headers: Mapping[str, str] | None) -> UpstreamResponse:
+        headers = dict(self._headers)
+        if extra_headers:
+            headers.update(extra_headers)
+        data: bytes | None = None
+        if request.json is not None:
+            data = orjson.dumps(request.json)
+            headers["Content-Type"] = "application/json"
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self.session.request(
+                    request.method, self.url(request), params=request.query or None,
+                    data=data, headers=headers, allow_redirects=False,
+                ) as resp:
+                    body = await resp.content.read(MAX_UPSTREAM_BODY + 1)
+                    return self._response(resp, body)
+        except TimeoutError:
+            raise UpstreamTimeout(f"no answer within {timeout_s:g} s") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise UpstreamConnectError(_connect_detail(e)) from None
+
+    def _response(self, resp: aiohttp.ClientResponse, body: bytes) -> UpstreamResponse:
+        if len(body) > MAX_UPSTREAM_BODY:
+            raise UpstreamMalformed("the provider's answer is larger than any it documents")
+        if 300 <= resp.status < 400:
+            # Following a redirect would carry the credential to wherever it points.
+            raise UpstreamRejected(f"the provider answered a redirect ({resp.status}); "
+                                   "the gateway does not follow redirects")
+        return UpstreamResponse(resp.status, resp.headers, body)
+
+
+def _connect_detail(e: BaseException) -> str:
+    # Never str(e): aiohttp's texts can carry the URL, which can carry identifiers.
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return "cannot connect to the provider"
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return "the provider closed the connection without an answer"
+    return "the connection to the provider failed"
+
+
+class Call:
+    """The :class:`gateway.spi.Upstream` for one operation attempt."""
+
+    def __init__(self, client: ProviderClient, deadline: float,
+                 extra_headers: Mapping[str, str] | None = None,
+                 send_hook: Callable[[ProviderClient, UpstreamRequest, float],
+                                     Awaitable[None]] | None = None) -> None:
+        self.client = client
+        self.deadline = deadline
+        self.extra_headers = extra_headers
+        self.send_hook = send_hook
+        self.exchanges = 0
+
+    def remaining(self) -> float:
+        return self.deadline - asyncio.get_running_loop().time()
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        if self.send_hook is not None:
+            await self.send_hook(self.client, request, self.deadline)
+        budget = min(self.client.config.timeout_s, self.remaining())
+        if budget <= 0:
+            raise UpstreamTimeout("the request's deadline passed")
+        self.exchanges += 1
+        return await self.client.exchange(request, budget, self.extra_headers)
+
+    async def lookup(self, kind: str, key: str, load: Callable[[], Awaitable[T]]) -> T:
+        return await self.client.cache.get(kind, key, load, self.client.observer)
+
+
+def new_session(limit: int = 0) -> aiohttp.ClientSession:
+    """A client session whose pool is never the cap (limit 0: unbounded) and no cookies."""
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                 raise_for_status=False, auto_decompress=True,
+                                 json_serialize=lambda o: orjson.dumps(o).decode())
+

@@ -1,0 +1,143 @@
+"""Aelyst's wire format for conversation assignment: pure builders and readers.
+
+Source: https://developers.aelyst.ai/api/operations/updateassignee/. One
+endpoint does both: ``{"assignee": <user id int> | "<email>" | null}`` on
+``POST /contact/{identifier}/conversation/assignee``, where the identifier is
+``id:123``, ``email:a@b.c`` or ``phone:+60121233112``. Errors are ``{code, message}``.
+"""
+
+from __future__ import annotations
+
+import orjson
+from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError
+
+from gateway.errors import (
+    AssigneeNotFound,
+    ContactNotFound,
+    InvalidRequest,
+    ProviderError,
+    UpstreamAuthFailed,
+    UpstreamMalformed,
+    UpstreamQueued,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamServerError,
+)
+from gateway.spi import (
+    AssigneeRef,
+    ContactRef,
+    Outcome,
+    ProviderContactId,
+    ProviderUserId,
+    UpstreamOperation,
+    UpstreamRequest,
+    UpstreamResponse,
+    encode_path,
+    header,
+    retry_after_s,
+)
+
+
+class AssigneeResponse(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    contactId: StrictInt  # Aelyst's own spelling
+
+
+def identifier(contact: ContactRef) -> str:
+    """``phone:+<digits>``, ``email:<addr>`` or ``id:<n>``: Aelyst's three documented forms."""
+    return f"{contact.kind}:{contact.value}"
+
+
+def assignee_request(contact: ContactRef, assignee: AssigneeRef | None) -> UpstreamRequest:
+    """Assign (an assignee) or unassign (None): Aelyst reads ``null`` as unassign."""
+    path = encode_path("contact", identifier(contact), "conversation", "assignee")
+    operation: UpstreamOperation = "unassign" if assignee is None else "assign"
+    return UpstreamRequest(operation, "POST", path, json={"assignee": _assignee_value(assignee)})
+
+
+def read_assignee(response: UpstreamResponse, assignee: AssigneeRef | None) -> Outcome:
+    _raise_for_status(response, assign=assignee is not None)
+    try:
+        body = AssigneeResponse.model_validate(orjson.loads(response.body))
+    except (orjson.JSONDecodeError, ValidationError):
+        # "from None": a validation error quotes the body, which must not reach logs.
+        raise UpstreamMalformed(
+            "Aelyst answered with a body that is not its documented JSON") from None
+    # Aelyst reports only the contact; the assignee is what we sent (id or email).
+    assignee_id = None if assignee is None else ProviderUserId(assignee.value)
+    return Outcome(ProviderContactId(str(body.contactId)), assignee_id)
+
+
+def rate_feedback(response: UpstreamResponse) -> float | None:
+    # Documented: 429 with Retry-After (seconds) and X-RateLimit-Remaining per
+    # method + path. A 449 is a queued contact, not a rate signal: not counted.
+    if response.status == 429:
+        wait = retry_after_s(response.headers)
+        if wait is not None:
+            return wait
+    if (header(response.headers, "X-RateLimit-Remaining") or "").strip() == "0":
+        return 1.0  # the documented window is one second
+    return None
+
+
+def _assignee_value(assignee: AssigneeRef | None) -> int | str | None:
+    if assignee is None:
+        return None
+    if assignee.kind == "email":
+        return assignee.value  # Aelyst takes an email directly: no lookup needed
+    # User ids are integers on the wire; a quoted number would be read as an email.
+    if not assignee.value.isascii() or not assignee.value.isdigit():
+        raise InvalidRequest(
+            "assignee.id must be a number",
+            errors=[{"field": "assignee.id", "message": "Aelyst user ids are integers"}],
+        )
+    return int(assignee.value)
+
+
+def _not_found(response: UpstreamResponse, *, assign: bool) -> ProviderError:
+    message = _error_message(response)
+    # Documented: 404 "Contact not found". What an unknown assignee gets is an
+    # open question (400 or 404); another readable 404 on assign is taken as that.
+    # An unreadable 404 is mapped by status alone: the path names the contact.
+    if assign and message is not None and _normalize(message) != "contact not found":
+        return AssigneeNotFound("Aelyst has no user with this id or email")
+    return ContactNotFound("Aelyst has no contact with this identifier")
+
+
+def _raise_for_status(response: UpstreamResponse, *, assign: bool) -> None:
+    status = response.status
+    if 200 <= status < 300:
+        return
+    if status in (401, 403):
+        raise UpstreamAuthFailed(f"Aelyst refused the gateway's token ({status})")
+    if status == 404:
+        raise _not_found(response, assign=assign)
+    if status == 429:
+        raise UpstreamRateLimited(
+            "Aelyst is rate limiting the gateway", retry_after=retry_after_s(response.headers))
+    if status == 449:
+        # Documented: "currently in queue. Please try again in a few minutes."
+        # No Retry-After is documented for it; honour one if it comes.
+        raise UpstreamQueued(
+            "Aelyst has queued this contact; try again later",
+            retry_after=retry_after_s(response.headers))
+    if 400 <= status < 500:
+        raise UpstreamRejected(f"Aelyst refused the request ({status})")
+    if 500 <= status < 600:
+        raise UpstreamServerError(f"Aelyst failed to answer ({status})")
+    raise UpstreamMalformed(f"Aelyst answered with an unexpected status ({status})")
+
+
+def _error_message(response: UpstreamResponse) -> str | None:
+    """The ``message`` of Aelyst's ``{code, message}`` body, or None if unreadable."""
+    try:
+        body = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return None
+    message = body.get("message") if isinstance(body, dict) else None
+    return message if isinstance(message, str) else None
+
+
+def _normalize(message: str) -> str:
+    return message.strip().rstrip(".").lower()

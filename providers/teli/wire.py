@@ -1,0 +1,208 @@
+"""Teli's wire format for thread assignment: pure builders and readers.
+
+Sources: https://docs.teli.ai/partner-api1/threads/assign, .../threads/unassign,
+https://docs.teli.ai/partner-api/users/list and .../errors. A thread is keyed
+by campaign and phone; users are referenced by ``unique_id`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from gateway.errors import (
+    AssigneeNotFound,
+    ContactNotFound,
+    ProviderError,
+    UpstreamAuthFailed,
+    UpstreamMalformed,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamServerError,
+)
+from gateway.spi import (
+    E164,
+    Outcome,
+    ProviderContactId,
+    ProviderUserId,
+    UpstreamRequest,
+    UpstreamResponse,
+    encode_path,
+    header,
+    retry_after_s,
+)
+
+#: email (lower-case) -> (unique_id, name), active users of one organization.
+UserDirectory = dict[str, tuple[ProviderUserId, str | None]]
+
+
+class _Wire(BaseModel):
+    # Strict: a number where Teli documents a string is a misreading, not data.
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+
+class AssignedTo(_Wire):
+    user_id: str
+    name: str | None = None
+
+
+class AssignResponse(_Wire):
+    success: bool
+    thread_id: str
+    assigned_to: AssignedTo
+
+
+class UnassignResponse(_Wire):
+    success: bool
+    thread_id: str
+
+
+class UsersResponse(_Wire):
+    # Entries are read one by one in read_users: one odd user must not hide the rest.
+    users: list[Any]
+
+
+class User(_Wire):
+    unique_id: str
+    email: str
+    name: str | None = None
+    status: str | None = None
+
+
+W = TypeVar("W", bound=_Wire)
+
+
+def assign_request(
+    campaign_id: str,
+    phone: E164,
+    user_id: ProviderUserId,
+    organization_id: str | None = None,
+    assigned_by: str | None = None,
+) -> UpstreamRequest:
+    body: dict[str, str] = {
+        "campaign_id": campaign_id,
+        "phone_number": phone,
+        "assigned_user_id": user_id,
+    }
+    # Both optional in the docs: sending null could overwrite Teli's own defaults.
+    if organization_id:
+        body["organization_id"] = organization_id
+    if assigned_by:
+        body["assigned_by"] = assigned_by
+    return UpstreamRequest("assign", "POST", "/v1/threads/assign", json=body)
+
+
+def unassign_request(campaign_id: str, phone: E164) -> UpstreamRequest:
+    body = {"campaign_id": campaign_id, "phone_number": phone}
+    return UpstreamRequest("unassign", "POST", "/v1/threads/unassign", json=body)
+
+
+def users_request(organization_id: str) -> UpstreamRequest:
+    path = encode_path("v1", "organizations", organization_id, "users")
+    return UpstreamRequest("lookup_assignee", "GET", path)
+
+
+def read_assign(response: UpstreamResponse) -> Outcome:
+    _raise_for_status(response, _assign_not_found)
+    body = _parse(AssignResponse, response)
+    _require_success(body.success)
+    return Outcome(
+        ProviderContactId(body.thread_id),
+        ProviderUserId(body.assigned_to.user_id),
+        body.assigned_to.name,
+    )
+
+
+def read_unassign(response: UpstreamResponse) -> Outcome:
+    # The only documented 404 here is "Thread not found".
+    _raise_for_status(response, lambda _: _thread_not_found())
+    body = _parse(UnassignResponse, response)
+    _require_success(body.success)
+    return Outcome(ProviderContactId(body.thread_id))
+
+
+def read_users(response: UpstreamResponse) -> UserDirectory:
+    """Active users by lower-case email; inactive and suspended ones cannot take threads."""
+    _raise_for_status(response, lambda _: UpstreamRejected(
+        "Teli does not know the tenant's organization_id"))
+    found: UserDirectory = {}
+    for raw in _parse(UsersResponse, response).users:
+        try:
+            user = User.model_validate(raw)
+        except ValidationError:
+            continue  # a user without unique_id or email cannot be reached by email
+        # Documented statuses: active, inactive, suspended; a missing one is not active.
+        if (user.status or "").lower() == "active":
+            email = user.email.strip().lower()
+            found.setdefault(email, (ProviderUserId(user.unique_id), user.name))
+    return found
+
+
+def rate_feedback(response: UpstreamResponse) -> float | None:
+    # Teli documents no rate limit and no 429; honour the usual headers if they appear.
+    if response.status == 429:
+        wait = retry_after_s(response.headers)
+        if wait is not None:
+            return wait
+    if (header(response.headers, "X-RateLimit-Remaining") or "").strip() == "0":
+        return 1.0
+    return None
+
+
+def _assign_not_found(response: UpstreamResponse) -> ProviderError:
+    # Documented 404 texts: "User '<id>' not found" (the assignee) and
+    # "Thread not found for <phone> in campaign <id>" (the contact).
+    if _error_text(response).startswith("User "):
+        return AssigneeNotFound("Teli has no user with this id")
+    return _thread_not_found()
+
+
+def _thread_not_found() -> ContactNotFound:
+    return ContactNotFound("Teli found no thread for this phone in the campaign")
+
+
+def _raise_for_status(
+    response: UpstreamResponse, on_404: Callable[[UpstreamResponse], ProviderError]
+) -> None:
+    status = response.status
+    if 200 <= status < 300:
+        return
+    if status in (401, 403):
+        raise UpstreamAuthFailed(f"Teli refused the gateway's API key ({status})")
+    if status == 404:
+        raise on_404(response)
+    if status == 429:
+        raise UpstreamRateLimited(
+            "Teli is rate limiting the gateway", retry_after=retry_after_s(response.headers))
+    if 400 <= status < 500:
+        raise UpstreamRejected(f"Teli refused the request ({status})")
+    if 500 <= status < 600:
+        raise UpstreamServerError(f"Teli failed to answer ({status})")
+    raise UpstreamMalformed(f"Teli answered with an unexpected status ({status})")
+
+
+def _error_text(response: UpstreamResponse) -> str:
+    """The ``error`` of Teli's ``{error, success, powered_by}`` body, or "" if unreadable."""
+    try:
+        body = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return ""
+    text = body.get("error") if isinstance(body, dict) else None
+    return text if isinstance(text, str) else ""
+
+
+def _parse(model: type[W], response: UpstreamResponse) -> W:
+    try:
+        return model.model_validate(orjson.loads(response.body))
+    except (orjson.JSONDecodeError, ValidationError):
+        # "from None": a validation error quotes the body, which must not reach logs.
+        raise UpstreamMalformed(
+            "Teli answered with a body that is not its documented JSON") from None
+
+
+def _require_success(success: bool) -> None:
+    if not success:
+        raise UpstreamRejected("Teli answered success: false")
