@@ -221,8 +221,10 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
-def build_providers(config: Config, registry: Mapping[str, AdapterClass], metrics: Metrics,
-                    previous: Mapping[str, ProviderClient] | None = None) -> dict[str, ProviderClient]:
+def build_providers(
+    config: Config, registry: Mapping[str, AdapterClass], metrics: Metrics,
+    previous: Mapping[str, ProviderClient] | None = None,
+) -> dict[str, ProviderClient]:
     """One client per configured provider; an unchanged one is kept with its session and cache."""
     out: dict[str, ProviderClient] = {}
     for name, pcfg in config.providers.items():

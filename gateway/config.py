@@ -199,7 +199,8 @@ def _resolve_provider(
 def _cross_check(spec: FileSpec, problems: list[str]) -> None:
     for tname, tenant in spec.tenants.items():
         if tenant.provider not in spec.providers:
-            problems.append(f"tenants.{tname}.provider: {tenant.provider!r} is not a key of providers")
+            problems.append(
+                f"tenants.{tname}.provider: {tenant.provider!r} is not a key of providers")
     names: set[str] = set()
     hashes: set[str] = set()
     for i, client in enumerate(spec.clients):
