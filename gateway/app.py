@@ -67,6 +67,8 @@ RUNTIME = web.AppKey("runtime", Runtime)
 METRICS = web.AppKey("metrics", Metrics)
 SERVICES = web.AppKey("services", Services)
 OPENAPI = web.AppKey("openapi", bytes)
+REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT_NAME = web.RequestKey("client", str)
 
 
 def dumps(obj: Any) -> bytes:
@@ -109,7 +111,7 @@ async def problem_middleware(
     rid = request.headers.get("X-Request-ID", "")
     if not _REQUEST_ID.match(rid):
         rid = secrets.token_hex(8)
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     loop = asyncio.get_running_loop()
     start = loop.time()
     code = "ok"
@@ -161,7 +163,7 @@ def _field_errors(err: ValidationError) -> list[dict[str, str]]:
 
 def authenticate(request: web.Request) -> ClientSpec:
     client = request.app[RUNTIME].auth.authenticate(request.headers.get("Authorization"))
-    request["client"] = client.name
+    request[CLIENT_NAME] = client.name
     return client
 
 
@@ -171,7 +173,7 @@ async def _write(request: web.Request, operation: Operation,
     client = authenticate(request)
     body = await read_body(request, model)
     p = plan(rt.config, rt.providers, client, operation, body)
-    return json_response(await run_plan(request.app, rt, p, request["request_id"]))
+    return json_response(await run_plan(request.app, rt, p, request[REQUEST_ID]))
 
 
 async def run_plan(app: web.Application, rt: Runtime, p: Plan, request_id: str) -> Any:

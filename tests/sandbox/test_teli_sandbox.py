@@ -310,7 +310,8 @@ async def test_unassign_unknown_thread_is_404(client: Client) -> None:
 async def test_list_users(client: Client) -> None:
     status, data = await get(client, "/v1/organizations/org_456/users")
     assert status == 200
-    assert data["success"] is True and data["powered_by"] == "Teli"
+    assert data["success"] is True
+    assert data["powered_by"] == "Teli"
     assert data["count"] == 3
     assert [u["unique_id"] for u in data["users"]] == [JANE, BOB, CAROL]
     assert data["users"][0] == {
