@@ -77,7 +77,7 @@ def dumps(obj: Any) -> bytes:
 
 def json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None,
                   content_type: str = "application/json") -> web.Response:
-    body = dumps(obj.model_dump(exclude_none=True) if isinstance(obj, BaseModel) else obj)
+    body = dumps(obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj)
     return web.Response(body=body, status=status, headers=headers, content_type=content_type)
 
 

@@ -58,16 +58,22 @@ class AssignRequest(UnassignRequest):
     mode: Literal["replace", "add"] = "replace"
 
 
+def _none(v: object) -> bool:
+    return v is None
+
+
 class ContactOut(BaseModel):
-    phone: str | None = None
-    email: str | None = None
-    id: str | None = None
+    """The contact as the client named it (normalized), and the provider's id for it."""
+
+    phone: str | None = Field(None, exclude_if=_none)
+    email: str | None = Field(None, exclude_if=_none)
+    id: str | None = Field(None, exclude_if=_none)
     provider_id: str
 
 
 class AssigneeOut(BaseModel):
     provider_id: str
-    name: str | None = None
+    name: str | None = Field(None, exclude_if=_none)  # present when the provider reports it
 
 
 class Result(BaseModel):
@@ -91,8 +97,8 @@ class OperationView(BaseModel):
     attempts: int
     created_at: str
     updated_at: str
-    result: Result | None = None
-    error: Problem | None = None
+    result: Result | None = Field(None, exclude_if=_none)
+    error: Problem | None = Field(None, exclude_if=_none)
 
 
 class Problem(BaseModel):

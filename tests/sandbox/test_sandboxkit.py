@@ -35,7 +35,9 @@ class FakeProvider:
         self.resets = 0
 
     @staticmethod
-    def error_response(status: int, retry_after: float | None) -> tuple[dict[str, Any], dict[str, str]]:
+    def error_response(
+        status: int, retry_after: float | None
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         headers = {"X-Fake": "1"} if status == 429 else {}
         return {"code": status, "message": f"fake {status}"}, headers
 
@@ -50,7 +52,9 @@ class FakeProvider:
         return web.json_response({"ok": True, "tail": request.match_info["tail"]})
 
 
-def make_app(provider: FakeProvider, clock: FakeClock, *, pass_middleware: bool = True) -> web.Application:
+def make_app(
+    provider: FakeProvider, clock: FakeClock, *, pass_middleware: bool = True
+) -> web.Application:
     kit = SandboxKit(
         error_response=provider.error_response,
         dump_state=provider.dump,
@@ -75,7 +79,8 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def client(aiohttp_client: Any, provider: FakeProvider, clock: FakeClock) -> Client:
-    return await aiohttp_client(make_app(provider, clock))
+    client: Client = await aiohttp_client(make_app(provider, clock))
+    return client
 
 
 async def queue(client: Client, **fault: Any) -> dict[str, Any]:

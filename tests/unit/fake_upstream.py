@@ -14,18 +14,32 @@ from typing import Any, TypeVar, cast
 import orjson
 
 from gateway.errors import AssigneeNotFound, ContactNotFound
-from gateway.spi import UpstreamRequest, UpstreamResponse
+from gateway.spi import (
+    Outcome,
+    ProviderContactId,
+    ProviderUserId,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 
 T = TypeVar("T")
 Reply = UpstreamResponse | BaseException
 
 
-def json_reply(status: int, body: Any, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
+def json_reply(
+    status: int, body: Any, headers: Mapping[str, str] | None = None
+) -> UpstreamResponse:
     return UpstreamResponse(status, dict(headers or {}), orjson.dumps(body))
 
 
 def raw_reply(status: int, body: str, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
     return UpstreamResponse(status, dict(headers or {}), body.encode())
+
+
+def outcome(contact: str, assignee: str | None = None, name: str | None = None) -> Outcome:
+    """An expected Outcome from plain strings (the provider-id NewTypes are for code, not tests)."""
+    user = None if assignee is None else ProviderUserId(assignee)
+    return Outcome(ProviderContactId(contact), user, name)
 
 
 class FakeUpstream:

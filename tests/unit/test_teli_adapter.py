@@ -6,7 +6,6 @@ from email.utils import formatdate
 from typing import Any
 
 import pytest
-from fake_upstream import FakeUpstream, json_reply, raw_reply
 
 from gateway import errors
 from gateway.registry import adapters
@@ -16,7 +15,6 @@ from gateway.spi import (
     AssignCommand,
     AssigneeRef,
     ContactRef,
-    Outcome,
     ProviderUserId,
     TenantContext,
     UnassignCommand,
@@ -25,6 +23,7 @@ from gateway.spi import (
 )
 from providers.teli import wire
 from providers.teli.adapter import TeliAdapter
+from tests.unit.fake_upstream import FakeUpstream, json_reply, outcome, raw_reply
 
 PHONE = E164("+15551234567")
 TENANT = TenantContext("acme", "US", campaign_id="camp_abc123", organization_id="org_456")
@@ -101,7 +100,7 @@ def test_unassign_and_users_requests() -> None:
 
 
 def test_read_assign() -> None:
-    assert wire.read_assign(json_reply(200, ASSIGNED)) == Outcome(
+    assert wire.read_assign(json_reply(200, ASSIGNED)) == outcome(
         "+15551234567_camp_abc123", "user_xyz789", "Jane Smith"
     )
 
@@ -109,7 +108,7 @@ def test_read_assign() -> None:
 def test_read_unassign() -> None:
     body = {"success": True, "message": "Thread unassigned",
             "thread_id": "+15551234567_camp_abc123", "powered_by": "Teli"}
-    assert wire.read_unassign(json_reply(200, body)) == Outcome("+15551234567_camp_abc123")
+    assert wire.read_unassign(json_reply(200, body)) == outcome("+15551234567_camp_abc123")
 
 
 @pytest.mark.parametrize(
@@ -223,7 +222,8 @@ def test_rate_feedback(status: int, headers: dict[str, str], expected: float | N
 def test_rate_feedback_reads_an_http_date() -> None:
     headers = {"Retry-After": formatdate(time.time() + 30, usegmt=True)}
     wait = wire.rate_feedback(UpstreamResponse(429, headers, b""))
-    assert wait is not None and 27 < wait <= 30
+    assert wait is not None
+    assert 27 < wait <= 30
 
 
 # --- adapter orchestration through the fake upstream -------------------------------------
@@ -232,7 +232,8 @@ def test_rate_feedback_reads_an_http_date() -> None:
 def test_adapter_declarations() -> None:
     adapter: Adapter = TeliAdapter("teli-main", "sekret-key")
     assert adapters()["teli"] is TeliAdapter
-    assert "sekret" not in repr(adapter) and "sekret" not in str(adapter)
+    assert "sekret" not in repr(adapter)
+    assert "sekret" not in str(adapter)
     assert adapter.auth_headers() == {"X-API-Key": "sekret-key"}
     caps = TeliAdapter.capabilities
     assert caps.public() == {
@@ -252,7 +253,7 @@ async def test_assign_by_id_sends_one_request() -> None:
     upstream = FakeUpstream().on("POST", "/v1/threads/assign", json_reply(200, ASSIGNED))
     cmd = assign_cmd(AssigneeRef("id", "user_xyz789"), assigned_by="admin_user_001")
     outcome = await TeliAdapter("t", "k").assign(upstream, cmd)
-    assert outcome == Outcome("+15551234567_camp_abc123", "user_xyz789", "Jane Smith")
+    assert outcome == outcome("+15551234567_camp_abc123", "user_xyz789", "Jane Smith")
     [request] = upstream.requests
     assert request.json["assigned_user_id"] == "user_xyz789"
     assert request.json["organization_id"] == "org_456"
@@ -316,7 +317,7 @@ async def test_unassign() -> None:
             "thread_id": "+15551234567_camp_abc123", "powered_by": "Teli"}
     upstream = FakeUpstream().on("POST", "/v1/threads/unassign", json_reply(200, body))
     cmd = UnassignCommand(TENANT, ContactRef("phone", PHONE), campaign_id="camp_abc123")
-    assert await TeliAdapter("t", "k").unassign(upstream, cmd) == Outcome(
+    assert await TeliAdapter("t", "k").unassign(upstream, cmd) == outcome(
         "+15551234567_camp_abc123"
     )
     assert upstream.requests[0].json == {"campaign_id": "camp_abc123", "phone_number": PHONE}

@@ -4,7 +4,6 @@ import re
 from typing import Any
 
 import pytest
-from fake_upstream import FakeUpstream, json_reply, raw_reply
 
 from gateway import errors
 from gateway.registry import adapters
@@ -15,7 +14,6 @@ from gateway.spi import (
     AssigneeRef,
     ContactRef,
     Email,
-    Outcome,
     ProviderContactId,
     ProviderUserId,
     TenantContext,
@@ -25,6 +23,7 @@ from gateway.spi import (
 )
 from providers.vambe import wire
 from providers.vambe.adapter import VambeAdapter
+from tests.unit.fake_upstream import FakeUpstream, json_reply, outcome, raw_reply
 
 CONTACT = "3f2c1a9e-8b7d-4c6e-9f10-2a3b4c5d6e7f"
 OTHER = "7e6d5c4b-3a2f-4e1d-8c0b-a9f8e7d6c5b4"
@@ -99,7 +98,8 @@ def test_read_phone_search_with_several_contacts_is_ambiguous() -> None:
     with pytest.raises(errors.AmbiguousContact) as caught:
         wire.read_phone_search(json_reply(200, results), PHONE)
     detail = caught.value.detail
-    assert "2 contacts" in detail and "webchat" in detail and "whatsapp" in detail
+    assert "2 contacts" in detail
+    assert "platforms: webchat, whatsapp" in detail
     assert "5691234" not in detail
 
 
@@ -134,7 +134,7 @@ def test_read_team_members_by_lower_case_email() -> None:
 def test_read_assign() -> None:
     response = json_reply(200, OK)
     outcome = wire.read_assign(response, ProviderContactId(CONTACT), ProviderUserId(MEMBER), "J")
-    assert outcome == Outcome(CONTACT, MEMBER, "J")
+    assert outcome == outcome(CONTACT, MEMBER, "J")
 
 
 def test_read_assign_success_false_is_a_rejection() -> None:
@@ -221,7 +221,7 @@ async def test_assign_by_ids_sends_one_request() -> None:
     upstream = FakeUpstream().on("POST", ASSIGN, json_reply(200, OK))
     cmd = assign_cmd(ContactRef("id", CONTACT.upper()), AssigneeRef("id", MEMBER), mode="add")
     outcome = await VambeAdapter("v", "k").assign(upstream, cmd)
-    assert outcome == Outcome(CONTACT, MEMBER, None)
+    assert outcome == outcome(CONTACT, MEMBER, None)
     [request] = upstream.requests
     assert request.query == (("removeExistingAgents", "false"),)
     assert request.json is None
@@ -238,7 +238,7 @@ async def test_assign_by_phone_and_email_resolves_both_once() -> None:
     cmd = assign_cmd(ContactRef("phone", PHONE), AssigneeRef("email", "jane@acme.com"))
     adapter = VambeAdapter("v", "k")
     for _ in range(2):
-        assert await adapter.assign(upstream, cmd) == Outcome(CONTACT, MEMBER, "Jane Smith")
+        assert await adapter.assign(upstream, cmd) == outcome(CONTACT, MEMBER, "Jane Smith")
     assert upstream.loads == [("vambe.contact_phone", PHONE), ("vambe.team_members", "all")]
     assert [r.operation for r in upstream.requests] == [
         "lookup_contact", "lookup_assignee", "assign", "assign"]
@@ -252,7 +252,7 @@ async def test_assign_by_contact_email() -> None:
         .on("POST", ASSIGN, json_reply(200, OK))
     )
     cmd = assign_cmd(ContactRef("email", "juan@x.cl"), AssigneeRef("id", MEMBER))
-    assert await VambeAdapter("v", "k").assign(upstream, cmd) == Outcome(CONTACT, MEMBER)
+    assert await VambeAdapter("v", "k").assign(upstream, cmd) == outcome(CONTACT, MEMBER)
     assert upstream.requests[0].query == (("email", "juan@x.cl"),)
     assert upstream.loads == [("vambe.contact_email", "juan@x.cl")]
 
