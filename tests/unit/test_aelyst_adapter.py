@@ -196,8 +196,8 @@ def test_adapter_declarations() -> None:
 )
 async def test_assign_sends_one_request_without_lookup(assignee: AssigneeRef, body: Any) -> None:
     upstream = FakeUpstream().on("POST", PHONE_PATH, json_reply(200, {"contactId": 42}))
-    outcome = await AelystAdapter("a", "k").assign(upstream, AssignCommand(TENANT, PHONE, assignee))
-    assert outcome == outcome("42", assignee.value, None)
+    result = await AelystAdapter("a", "k").assign(upstream, AssignCommand(TENANT, PHONE, assignee))
+    assert result == outcome("42", assignee.value, None)
     [request] = upstream.requests
     assert request.json == body
     assert upstream.loads == []

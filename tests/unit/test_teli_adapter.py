@@ -252,8 +252,8 @@ def test_assignee_id_pattern_accepts_documented_shapes(user_id: str) -> None:
 async def test_assign_by_id_sends_one_request() -> None:
     upstream = FakeUpstream().on("POST", "/v1/threads/assign", json_reply(200, ASSIGNED))
     cmd = assign_cmd(AssigneeRef("id", "user_xyz789"), assigned_by="admin_user_001")
-    outcome = await TeliAdapter("t", "k").assign(upstream, cmd)
-    assert outcome == outcome("+15551234567_camp_abc123", "user_xyz789", "Jane Smith")
+    result = await TeliAdapter("t", "k").assign(upstream, cmd)
+    assert result == outcome("+15551234567_camp_abc123", "user_xyz789", "Jane Smith")
     [request] = upstream.requests
     assert request.json["assigned_user_id"] == "user_xyz789"
     assert request.json["organization_id"] == "org_456"

@@ -133,8 +133,8 @@ def test_read_team_members_by_lower_case_email() -> None:
 
 def test_read_assign() -> None:
     response = json_reply(200, OK)
-    outcome = wire.read_assign(response, ProviderContactId(CONTACT), ProviderUserId(MEMBER), "J")
-    assert outcome == outcome(CONTACT, MEMBER, "J")
+    result = wire.read_assign(response, ProviderContactId(CONTACT), ProviderUserId(MEMBER), "J")
+    assert result == outcome(CONTACT, MEMBER, "J")
 
 
 def test_read_assign_success_false_is_a_rejection() -> None:
@@ -220,8 +220,8 @@ def test_adapter_declarations() -> None:
 async def test_assign_by_ids_sends_one_request() -> None:
     upstream = FakeUpstream().on("POST", ASSIGN, json_reply(200, OK))
     cmd = assign_cmd(ContactRef("id", CONTACT.upper()), AssigneeRef("id", MEMBER), mode="add")
-    outcome = await VambeAdapter("v", "k").assign(upstream, cmd)
-    assert outcome == outcome(CONTACT, MEMBER, None)
+    result = await VambeAdapter("v", "k").assign(upstream, cmd)
+    assert result == outcome(CONTACT, MEMBER, None)
     [request] = upstream.requests
     assert request.query == (("removeExistingAgents", "false"),)
     assert request.json is None
