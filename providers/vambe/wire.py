@@ -96,7 +96,8 @@ def email_search_request(email: Email) -> UpstreamRequest:
 
 def read_phone_search(response: UpstreamResponse, phone: E164) -> ProviderContactId:
     # Search matches partial numbers across all channels ("12345678" finds
-    # "+56912345678"), so only contacts whose digits equal ours count.
+    # "+56912345678"), so only contacts whose digits equal ours count. Searching
+    # the full number keeps the documented 50-result cap from hiding an exact hit.
     wanted = _digits(phone)
     return _pick(_contacts(response), lambda c: _digits(c.phone or "") == wanted, "phone")
 

@@ -78,7 +78,8 @@ async def test_teli_assign_side_effects(gw: Any, sandboxes_up: dict[str, Sandbox
         "tenant": "t-teli", "contact": {"phone": "+15551234567"}})
     thread = (await sandboxes_up["teli"].state())["threads"]["+15551234567_camp_abc123"]
     # Documented: assign stops the AI and marks the lead qualified; unassign undoes neither.
-    assert thread["lead_outcome"] == "qualified" and thread["ai_active"] is False
+    assert thread["lead_outcome"] == "qualified"
+    assert thread["ai_active"] is False
 
 
 async def test_aelyst_phone_plus_travels_encoded(gw: Any, sandboxes_up: dict[str, Sandbox]) -> None:
