@@ -73,7 +73,8 @@ async def test_teli_phone_stored_without_plus(gw: Any) -> None:
 
 async def test_teli_assign_side_effects(gw: Any, sandboxes_up: dict[str, Sandbox]) -> None:
     await gw.post("/v1/assign", headers=auth(), json={
-        "tenant": "t-teli", "contact": {"phone": "+15551234567"}, "assignee": {"id": "user_xyz789"}})
+        "tenant": "t-teli", "contact": {"phone": "+15551234567"},
+        "assignee": {"id": "user_xyz789"}})
     await gw.post("/v1/unassign", headers=auth(), json={
         "tenant": "t-teli", "contact": {"phone": "+15551234567"}})
     thread = (await sandboxes_up["teli"].state())["threads"]["+15551234567_camp_abc123"]
