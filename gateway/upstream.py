@@ -190,30 +190,47 @@ def _connect_detail(e: BaseException) -> str:
     return "the connection to the provider failed"
 
 
+class UpstreamGate(Protocol):
+    """Cross-cutting work around each exchange (the rate limiter implements it)."""
+
+    async def before(self, client: ProviderClient, request: UpstreamRequest,
+                     deadline: float) -> None:
+        """Return when the exchange may start; raise ``RateLimited`` (or an upstream
+        error) when it may not start before ``deadline``."""
+        ...
+
+    async def after(self, client: ProviderClient, request: UpstreamRequest,
+                    response: UpstreamResponse) -> None:
+        """Learn from the answer (a provider's 429 pauses its bucket)."""
+        ...
+
+
 class Call:
     """The :class:`gateway.spi.Upstream` for one operation attempt."""
 
     def __init__(self, client: ProviderClient, deadline: float,
                  extra_headers: Mapping[str, str] | None = None,
-                 send_hook: Callable[[ProviderClient, UpstreamRequest, float],
-                                     Awaitable[None]] | None = None) -> None:
+                 gate: UpstreamGate | None = None) -> None:
         self.client = client
         self.deadline = deadline
         self.extra_headers = extra_headers
-        self.send_hook = send_hook
+        self.gate = gate
         self.exchanges = 0
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        if self.send_hook is not None:
-            await self.send_hook(self.client, request, self.deadline)
+        if self.gate is not None:
+            await self.gate.before(self.client, request, self.deadline)
         budget = min(self.client.config.timeout_s, self.remaining())
         if budget <= 0:
             raise UpstreamTimeout("the request's deadline passed")
         self.exchanges += 1
-        return await self.client.exchange(request, budget, self.extra_headers)
+        response = await self.client.exchange(request, budget, self.extra_headers)
+        if self.gate is not None:
+            await self.gate.after(self.client, request, response)
+        return response
 
     async def lookup(self, kind: str, key: str, load: Callable[[], Awaitable[T]]) -> T:
         return await self.client.cache.get(kind, key, load, self.client.observer)

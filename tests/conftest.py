@@ -19,6 +19,8 @@ from gateway.auth import hash_key
 from gateway.config import Config, build_config
 from gateway.registry import sandboxes
 
+pytest_plugins = ["tests.redis_server"]
+
 PROVIDER_TYPES = ("teli", "vambe", "aelyst")
 KEYS = {"teli": "teli-sandbox-key", "vambe": "vambe-sandbox-key", "aelyst": "aelyst-sandbox-token"}
 CLIENT_KEY = "test-client-key"

@@ -1,0 +1,50 @@
+"""Every Redis key the gateway writes, in one place.
+
+Keys that one Lua script touches together share a hash tag (``{...}``) so the
+scripts also work on Redis Cluster. Every key either expires by itself or is
+deleted by the code that made it.
+"""
+
+from __future__ import annotations
+
+PREFIX = "agw:"
+
+
+def bucket(provider: str, scope_key: str) -> str:
+    """A provider token bucket (one per account, or per method and path)."""
+    return f"{PREFIX}rl:{{{provider}:{scope_key}}}"
+
+
+def client_bucket(client: str) -> str:
+    return f"{PREFIX}rlc:{{{client}}}"
+
+
+def pause(provider: str, scope_key: str) -> str:
+    """Set while a provider asked us to hold off (429 Retry-After, remaining 0)."""
+    return f"{PREFIX}rl:{{{provider}:{scope_key}}}:pause"
+
+
+def retry_budget(provider: str) -> str:
+    return f"{PREFIX}rb:{{{provider}}}"
+
+
+def operation(op_id: str) -> str:
+    return f"{PREFIX}op:{{ops}}:{op_id}"
+
+
+def operations_due() -> str:
+    """Sorted set of queued operation ids by the time they are next due."""
+    return f"{PREFIX}op:{{ops}}:due"
+
+
+def operation_lease(op_id: str) -> str:
+    return f"{PREFIX}op:{{ops}}:lease:{op_id}"
+
+
+def contact_latest(tenant: str, contact: str) -> str:
+    """The newest operation id accepted for a tenant's contact (per-contact ordering)."""
+    return f"{PREFIX}op:{{ops}}:latest:{tenant}:{contact}"
+
+
+def idempotency(client: str, key_hash: str) -> str:
+    return f"{PREFIX}idem:{{{client}}}:{key_hash}"
