@@ -1,0 +1,123 @@
+"""HTTP plumbing: JSON and problem+json responses, the error middleware, body reading.
+
+:func:`problem_middleware` is the one place a :class:`GatewayError` becomes
+``application/problem+json``, and where every request is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from gateway.runtime import METRICS, REQUEST_ID
+
+log = logging.getLogger("gateway")
+MAX_BODY = 16 * 1024
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+M = TypeVar("M", bound=BaseModel)
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+def json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None,
+                  content_type: str = "application/json") -> web.Response:
+    body = dumps(obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj)
+    return web.Response(body=body, status=status, headers=headers, content_type=content_type)
+
+
+def problem_response(err: GatewayError, request_id: str) -> web.Response:
+    headers = {"X-Request-ID": request_id}
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(err.retry_after + 0.999)))
+    return json_response(err.problem(), err.status, headers, "application/problem+json")
+
+
+def _route(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "other"
+
+
+def _map_http(exc: web.HTTPException) -> GatewayError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed("this route does not take that method")
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("no such route")
+    return InvalidRequest("the request could not be read")
+
+
+@web.middleware
+async def problem_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The one place errors become problem+json, and every request is counted."""
+    rid = request.headers.get("X-Request-ID", "")
+    if not _REQUEST_ID.match(rid):
+        rid = secrets.token_hex(8)
+    request[REQUEST_ID] = rid
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    code = "ok"
+    try:
+        try:
+            resp = await handler(request)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            raise _map_http(e) from None
+        code = "queued" if resp.status == 202 else "ok"
+        resp.headers["X-Request-ID"] = rid
+        return resp
+    except GatewayError as e:
+        code = e.code
+        return problem_response(e, rid)
+    except Exception as e:  # the last line of defence: never a traceback to a client
+        code = "internal_error"
+        # The exception's text is not logged: it could carry request data.
+        log.error("unhandled %s on %s", type(e).__name__, _route(request))
+        return problem_response(GatewayError("an unexpected error occurred"), rid)
+    finally:
+        request.app[METRICS].request(_route(request), code, loop.time() - start)
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    if request.content_type != "application/json" and not request.content_type.endswith("+json"):
+        raise UnsupportedMediaType("send Content-Type: application/json")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
+    raw = await request.read()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise InvalidRequest("the body does not match the API", errors=_field_errors(e)) from None
+
+
+def _field_errors(err: ValidationError) -> list[dict[str, str]]:
+    # Only locations and messages: the rejected input is never echoed back.
+    return [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
+            for e in err.errors(include_url=False)]

@@ -1,0 +1,75 @@
+"""What the app holds: the runtime built from one configuration, and injected services.
+
+:class:`Runtime` is everything built from one configuration; a reload builds
+a new one and swaps it in, keeping the provider clients whose configuration
+did not change (their sessions and caches survive). Resources live on the
+``Application`` under the typed keys below.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from gateway.auth import ClientAuth
+from gateway.config import Config
+from gateway.metrics import Metrics
+from gateway.registry import AdapterClass, adapters
+from gateway.upstream import LookupCache, ProviderClient, new_session
+
+
+@dataclass
+class Runtime:
+    """Everything built from one configuration."""
+
+    config: Config
+    auth: ClientAuth
+    providers: dict[str, ProviderClient]
+    ready: bool = True
+
+
+@dataclass
+class Services:
+    """Injected dependencies: the adapter registry, ids, and the clock."""
+
+    registry: Mapping[str, AdapterClass] = field(default_factory=adapters)
+    new_id: Callable[[], str] = field(default=lambda: "op_" + secrets.token_hex(12))
+    clock: Callable[[], float] | None = None  # None: the event loop's clock
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+#: The shared Redis client when ``redis_url`` is set (absent otherwise).
+REDIS = web.AppKey("redis", Redis)
+METRICS = web.AppKey("metrics", Metrics)
+SERVICES = web.AppKey("services", Services)
+OPENAPI = web.AppKey("openapi", bytes)
+REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT_NAME = web.RequestKey("client", str)
+
+
+def build_providers(
+    config: Config, registry: Mapping[str, AdapterClass], metrics: Metrics,
+    previous: Mapping[str, ProviderClient] | None = None,
+) -> dict[str, ProviderClient]:
+    """One client per configured provider; an unchanged one is kept with its session and cache."""
+    out: dict[str, ProviderClient] = {}
+    for name, pcfg in config.providers.items():
+        old = (previous or {}).get(name)
+        if old is not None and old.config == pcfg:
+            out[name] = old
+            continue
+        adapter = registry[pcfg.type](name, pcfg.api_key.get_secret_value())
+        out[name] = ProviderClient(pcfg, adapter, new_session(), LookupCache(), metrics)
+    return out
+
+
+async def close_providers(clients: Mapping[str, ProviderClient],
+                          keep: Mapping[str, ProviderClient] | None = None) -> None:
+    kept = {id(c) for c in (keep or {}).values()}
+    for c in clients.values():
+        if id(c) not in kept:
+            await c.session.close()
