@@ -10,7 +10,17 @@ from aiohttp import web
 from gateway.config import ClientSpec
 from gateway.http import json_response, read_body
 from gateway.models import AssignRequest, UnassignRequest
-from gateway.runtime import CLIENT_NAME, METRICS, OPENAPI, REQUEST_ID, RUNTIME, SERVICES, Runtime
+from gateway.redis_conn import REDIS_ERRORS
+from gateway.runtime import (
+    CLIENT_NAME,
+    METRICS,
+    OPENAPI,
+    REDIS,
+    REQUEST_ID,
+    RUNTIME,
+    SERVICES,
+    Runtime,
+)
 from gateway.service import Plan, attempt, plan, result
 from gateway.spi import Operation
 from gateway.upstream import Call
@@ -65,7 +75,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     if not request.app[RUNTIME].ready:
-        return json_response({"status": "not ready"}, 503)
+        return json_response({"status": "not ready", "reason": "shutting down"}, 503)
+    if REDIS in request.app:
+        try:
+            await request.app[REDIS].ping()
+        except REDIS_ERRORS:
+            return json_response({"status": "not ready", "reason": "redis unreachable"}, 503)
     return json_response({"status": "ready"})
 
 
