@@ -152,7 +152,7 @@ def _substitute(node: Any, env: Mapping[str, str], where: str, problems: list[st
         value = env.get(m.group(1), m.group(2))
         if value is None:
             problems.append(f"{where}: environment variable {m.group(1)} is not set")
-            return ""
+            return m.group(0)  # left as written: the file is refused anyway
         return value
 
     return _ENV.sub(repl, node)

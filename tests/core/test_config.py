@@ -1,0 +1,133 @@
+"""Configuration: validation names the exact key; defaults come from the adapters."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import ConfigError, build_config, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+HASH = "a" * 64
+
+
+def _minimal(**extra: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "clients": [{"name": "crm", "key_sha256": HASH, "tenants": ["acme"]}],
+        "tenants": {"acme": {"provider": "ae"}},
+        "providers": {"ae": {"type": "aelyst", "api_key": "${TOKEN}"}},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def _problems(raw: Any, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        build_config(raw, env={"TOKEN": "t"} if env is None else env)
+    return e.value.problems
+
+
+def test_minimal_file_takes_adapter_defaults() -> None:
+    cfg = build_config(_minimal(), env={"TOKEN": "secret-token"})
+    p = cfg.providers["ae"]
+    assert p.base_url == "https://api.aelyst.ai/v1"
+    assert (p.rate_limit.rate, p.rate_limit.burst, p.rate_limit.scope) == (5, 1, "path")
+    assert p.api_key.get_secret_value() == "secret-token"
+    assert "secret-token" not in repr(cfg)
+    assert cfg.listen.port == 8080 and cfg.redis_url is None
+
+
+def test_partial_provider_sections_merge_with_defaults() -> None:
+    raw = _minimal()
+    raw["providers"]["ae"].update(rate_limit={"rate": 2}, retry={"deadline_s": 3})
+    p = build_config(raw, env={"TOKEN": "t"}).providers["ae"]
+    assert (p.rate_limit.rate, p.rate_limit.burst) == (2, 1)
+    assert p.retry.deadline_s == 3 and p.retry.queued_backoff_s == 30
+
+
+def test_every_problem_is_listed_with_its_key() -> None:
+    raw = _minimal()
+    raw["tenants"]["acme"]["default_region"] = "XX"
+    raw["tenants"]["beta"] = {"provider": "missing"}
+    raw["clients"].append({"name": "crm", "key_sha256": HASH, "tenants": ["nope"]})
+    problems = _problems(raw)
+    text = "\n".join(problems)
+    assert "tenants.acme.default_region" in text
+    raw["tenants"]["acme"]["default_region"] = "US"
+    problems = _problems(raw)
+    joined = "\n".join(problems)
+    assert "tenants.beta.provider: 'missing' is not a key of providers" in joined
+    assert "clients[1].name" in joined
+    assert "clients[1].key_sha256" in joined
+    assert "clients[1].tenants: 'nope'" in joined
+
+
+def test_unknown_type_unknown_key_bad_values() -> None:
+    raw = _minimal()
+    raw["providers"]["ae"]["type"] = "smoke-signals"
+    assert any("providers.ae.type: unknown provider type" in p for p in _problems(raw))
+    assert any(p.startswith("surprise") for p in _problems(_minimal(surprise=1)))
+    raw = _minimal()
+    raw["providers"]["ae"]["rate_limit"] = {"rate": -1, "scope": "galaxy"}
+    problems = _problems(raw)
+    assert any(p.startswith("providers.ae.rate_limit.rate") for p in problems)
+    assert any(p.startswith("providers.ae.rate_limit.scope") for p in problems)
+
+
+def test_missing_environment_variable_is_named() -> None:
+    problems = _problems(_minimal(), env={})
+    assert problems == ["providers.ae.api_key: environment variable TOKEN is not set"]
+
+
+def test_env_default_syntax() -> None:
+    raw = _minimal(redis_url="${REDIS_URL:-redis://localhost:6379/0}")
+    assert build_config(raw, env={"TOKEN": "t"}).redis_url == "redis://localhost:6379/0"
+
+
+def test_directory_checks() -> None:
+    assert any("directory.Jane@x.com" in p for p in
+               _problems(_minimal(directory={"Jane@x.com": {"ae": 1}})))
+    assert any("directory.j@x.com.zz" in p for p in
+               _problems(_minimal(directory={"j@x.com": {"zz": 1}})))
+
+
+def test_shipped_files_validate() -> None:
+    load_config(ROOT / "config" / "sandbox.yaml")
+    env = {k: "x" for k in ("AELYST_TOKEN", "TELI_API_KEY", "VAMBE_API_KEY",
+                            "GLOBEX_CAMPAIGN_ID", "GLOBEX_ORG_ID")}
+    env.update(CRM_KEY_SHA256="b" * 64, SUPPORT_KEY_SHA256="c" * 64)
+    cfg = load_config(ROOT / "config" / "example.yaml", env=env)
+    assert cfg.redis_url == "redis://redis:6379/0"
+
+
+def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clients: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad)
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tenants: {a: {provider: nope}}\n")
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(bad)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 1
+    assert "tenants.a.provider" in run.stderr
+    ok = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config",
+                         str(ROOT / "config" / "sandbox.yaml")],
+                        capture_output=True, text=True, timeout=60, check=False)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_hash_key_cli() -> None:
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "hash-key", "demo-key"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert run.stdout.strip() == \
+        "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c"
