@@ -14,6 +14,7 @@ from gateway import handlers
 from gateway.auth import ClientAuth
 from gateway.config import Config
 from gateway.http import MAX_BODY, dumps, problem_middleware
+from gateway.lifecycle import setup_lifecycle
 from gateway.metrics import Metrics
 from gateway.openapi import build_openapi
 from gateway.redis_conn import connect
@@ -33,7 +34,8 @@ __all__ = ["Services", "create_app"]
 
 
 def create_app(config: Config, *, metrics: Metrics | None = None,
-               services: Services | None = None) -> web.Application:
+               services: Services | None = None,
+               config_path: str | None = None) -> web.Application:
     app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY)
     app[METRICS] = metrics or Metrics()
     app[SERVICES] = services or Services()
@@ -50,6 +52,7 @@ def create_app(config: Config, *, metrics: Metrics | None = None,
             await app[REDIS].aclose()
 
     app.cleanup_ctx.append(resources)
+    setup_lifecycle(app, config_path)
     app.router.add_post("/v1/assign", handlers.assign)
     app.router.add_post("/v1/unassign", handlers.unassign)
     app.router.add_get("/v1/tenants", handlers.tenants)

@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.auth import hash_key
 from gateway.config import Config, ConfigError, load_config
+from gateway.lifecycle import LIFECYCLE
 from gateway.registry import sandboxes
 
 DEFAULT_CONFIG = "config/sandbox.yaml"
@@ -48,23 +49,42 @@ def sandbox_targets(cfg: Config) -> list[tuple[str, str, int, str]]:
     return out
 
 
-async def _start(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+async def _start(app: web.Application, host: str, port: int,
+                 shutdown_timeout: float = 5.0) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=shutdown_timeout)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
     return runner
 
 
-async def _serve(cfg: Config, with_sandboxes: bool) -> None:
-    runners = []
+async def _serve(cfg: Config, path: str, with_sandboxes: bool) -> None:
+    sandbox_runners = []
     if with_sandboxes:
         for ptype, host, port, key in sandbox_targets(cfg):
-            runners.append(await _start(sandboxes()[ptype](api_key=key), host, port))
+            sandbox_runners.append(await _start(sandboxes()[ptype](api_key=key), host, port))
             logging.getLogger("gateway").info("sandbox %s on %s:%d", ptype, host, port)
-    runners.append(await _start(create_app(cfg), cfg.listen.host, cfg.listen.port))
+    app = create_app(cfg, config_path=path)
+    runner = await _start(app, cfg.listen.host, cfg.listen.port,
+                          shutdown_timeout=cfg.shutdown_grace_s)
     print(f"gateway serving on http://{cfg.listen.host}:{cfg.listen.port}", flush=True)
+    lifecycle = app[LIFECYCLE]
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[list[str]]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(lifecycle.reload("sighup"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await _wait_for_signal()
-    for r in reversed(runners):
+    # Drain: readyz fails and new requests get 503 at once; in-flight ones finish.
+    lifecycle.begin_drain()
+    idle = await lifecycle.wait_idle(lifecycle.runtime.config.shutdown_grace_s)
+    logging.getLogger("gateway").info("shutting down (%s)", "drained" if idle else "grace over")
+    await runner.cleanup()
+    for r in reversed(sandbox_runners):
         await r.cleanup()
 
 
@@ -127,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 1
-    _run(_serve(cfg, args.with_sandboxes))
+    _run(_serve(cfg, args.config, args.with_sandboxes))
     return 0
 
 

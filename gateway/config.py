@@ -106,6 +106,7 @@ class ProviderSpec(_Strict):
 class FileSpec(_Strict):
     listen: Listen = Listen()
     redis_url: str | None = Field(None, pattern=r"^(rediss?|unix)://")
+    shutdown_grace_s: float = Field(20.0, ge=0, le=600)
     clients: list[ClientSpec] = Field(default_factory=list)
     tenants: dict[str, TenantSpec] = Field(default_factory=dict)
     providers: dict[str, ProviderSpec] = Field(default_factory=dict)
@@ -129,6 +130,7 @@ class Config(_Strict):
 
     listen: Listen
     redis_url: str | None
+    shutdown_grace_s: float
     clients: tuple[ClientSpec, ...]
     tenants: dict[str, TenantSpec]
     providers: dict[str, ProviderConfig]
@@ -244,7 +246,8 @@ def build_config(
     if problems:
         raise ConfigError(problems)
     return Config(
-        listen=spec.listen, redis_url=spec.redis_url, clients=tuple(spec.clients),
+        listen=spec.listen, redis_url=spec.redis_url, shutdown_grace_s=spec.shutdown_grace_s,
+        clients=tuple(spec.clients),
         tenants=spec.tenants,
         providers={n: p for n, p in providers.items() if p is not None},
         directory={e: {p: str(v) for p, v in m.items()} for e, m in spec.directory.items()},

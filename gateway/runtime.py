@@ -8,6 +8,7 @@ did not change (their sessions and caches survive). Resources live on the
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,29 @@ class Runtime:
     auth: ClientAuth
     providers: dict[str, ProviderClient]
     ready: bool = True
+    inflight: int = 0  # requests that started on this runtime and are not answered yet
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """True once no request of this runtime is in flight; False after ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
 
 @dataclass

@@ -40,8 +40,9 @@ from gateway.spi import (
     Outcome,
     TenantContext,
     UnassignCommand,
+    Upstream,
 )
-from gateway.upstream import Call, ProviderClient
+from gateway.upstream import ProviderClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,7 @@ def plan(config: Config, providers: Mapping[str, ProviderClient], client: Client
     return Plan(operation, client.name, tenant_name, pc.name, command, echo)
 
 
-async def attempt(plan: Plan, pc: ProviderClient, call: Call) -> Outcome:
+async def attempt(plan: Plan, pc: ProviderClient, call: Upstream) -> Outcome:
     """One run of the adapter; provider errors come out labelled with the provider type."""
     try:
         if isinstance(plan.command, AssignCommand):
