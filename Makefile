@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit system-deps bench soak clean
+.PHONY: run test lint typecheck unit system-deps bench soak clean cluster
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -35,6 +35,10 @@ system-deps:
 
 run: $(STAMP)
 	$(BIN)/gateway serve --config config/sandbox.yaml --with-sandboxes
+
+# Redis, two replicas and the sandboxes as local processes (no containers).
+cluster: $(STAMP) system-deps
+	deploy/cluster.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway providers tests

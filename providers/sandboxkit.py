@@ -14,6 +14,7 @@ Control requests are never journaled and never consume faults.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -129,7 +130,11 @@ def parse_fault(body: Any) -> Fault:
 def load_seed(name: str, data_file: str | Path | None) -> dict[str, Any]:
     """Read a sandbox's seed YAML, by default ``config/sandbox-data/<name>.yaml``."""
     if data_file is None:
-        data_file = Path(__file__).resolve().parents[1] / "config" / "sandbox-data" / f"{name}.yaml"
+        # GATEWAY_SANDBOX_DATA points an installed package (a container image)
+        # at the seed files; a source checkout finds them in config/.
+        base = os.environ.get("GATEWAY_SANDBOX_DATA")
+        folder = Path(base) if base else Path(__file__).resolve().parents[1] / "config"
+        data_file = (folder if base else folder / "sandbox-data") / f"{name}.yaml"
     with Path(data_file).open(encoding="utf-8") as fh:
         data = yaml.safe_load(fh)
     if not isinstance(data, dict):

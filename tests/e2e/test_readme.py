@@ -62,8 +62,8 @@ async def served(tmp_path: Path) -> AsyncIterator[dict[int, int]]:
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(20):
-            while b"gateway serving" not in await proc.stdout.readline():
-                assert proc.returncode is None
+            while b"gateway serving" not in (line := await proc.stdout.readline()):
+                assert line, "the gateway exited before serving"
         yield mapping
     finally:
         proc.terminate()
