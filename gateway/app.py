@@ -13,10 +13,13 @@ from aiohttp import web
 from gateway import handlers
 from gateway.auth import ClientAuth
 from gateway.config import Config
+from gateway.executor import setup_operations
 from gateway.http import MAX_BODY, dumps, problem_middleware
+from gateway.idempotency import setup_idempotency
 from gateway.lifecycle import setup_lifecycle
 from gateway.metrics import Metrics
 from gateway.openapi import build_openapi
+from gateway.ratelimit import gate_for, setup_ratelimit
 from gateway.redis_conn import connect
 from gateway.runtime import (
     METRICS,
@@ -44,6 +47,8 @@ def create_app(config: Config, *, metrics: Metrics | None = None,
     async def resources(app: web.Application) -> AsyncIterator[None]:
         if config.redis_url is not None:
             app[REDIS] = connect(config.redis_url)
+        # The router is frozen by now: its templates are the closed set of route labels.
+        app[METRICS].add_routes(r.canonical for r in app.router.resources())
         providers = build_providers(config, app[SERVICES].registry, app[METRICS])
         app[RUNTIME] = Runtime(config, ClientAuth(config.clients), providers)
         yield
@@ -52,9 +57,13 @@ def create_app(config: Config, *, metrics: Metrics | None = None,
             await app[REDIS].aclose()
 
     app.cleanup_ctx.append(resources)
+    setup_ratelimit(app)  # after resources: it uses app[REDIS]
+    setup_operations(app, gate=gate_for)  # after the limiter: background attempts use its gate
+    setup_idempotency(app)
     setup_lifecycle(app, config_path)
     app.router.add_post("/v1/assign", handlers.assign)
     app.router.add_post("/v1/unassign", handlers.unassign)
+    app.router.add_get("/v1/operations/{id}", handlers.operation)
     app.router.add_get("/v1/tenants", handlers.tenants)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)

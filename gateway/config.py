@@ -67,6 +67,17 @@ class RetrySpec(_Strict):
     give_up_after_s: float = Field(gt=0)
 
 
+class LimiterSpec(_Strict):
+    """``ratelimit``: how the limiter behaves, whatever the provider (gateway/ratelimit)."""
+
+    # When Redis fails: decide locally at rate / replicas, or refuse with 429.
+    on_redis_error: Literal["local", "fail_closed"] = "local"
+    replicas: int = Field(1, ge=1, le=1000)
+    # Provider buckets run this fraction below the configured rate: requests reach
+    # the provider with network jitter, and a sliding-window limit counts arrivals.
+    headroom: float = Field(0.05, ge=0, le=0.5)
+
+
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -107,6 +118,7 @@ class FileSpec(_Strict):
     listen: Listen = Listen()
     redis_url: str | None = Field(None, pattern=r"^(rediss?|unix)://")
     shutdown_grace_s: float = Field(20.0, ge=0, le=600)
+    ratelimit: LimiterSpec = LimiterSpec()
     clients: list[ClientSpec] = Field(default_factory=list)
     tenants: dict[str, TenantSpec] = Field(default_factory=dict)
     providers: dict[str, ProviderSpec] = Field(default_factory=dict)
@@ -135,6 +147,7 @@ class Config(_Strict):
     tenants: dict[str, TenantSpec]
     providers: dict[str, ProviderConfig]
     directory: dict[str, dict[str, str]]
+    ratelimit: LimiterSpec = LimiterSpec()
     source: str = "<memory>"
 
 
@@ -247,7 +260,7 @@ def build_config(
         raise ConfigError(problems)
     return Config(
         listen=spec.listen, redis_url=spec.redis_url, shutdown_grace_s=spec.shutdown_grace_s,
-        clients=tuple(spec.clients),
+        clients=tuple(spec.clients), ratelimit=spec.ratelimit,
         tenants=spec.tenants,
         providers={n: p for n, p in providers.items() if p is not None},
         directory={e: {p: str(v) for p, v in m.items()} for e, m in spec.directory.items()},

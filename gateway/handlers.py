@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 from aiohttp import web
 
+from gateway import idempotency, logs
 from gateway.config import ClientSpec
+from gateway.executor import EXECUTOR
 from gateway.http import json_response, read_body
-from gateway.models import AssignRequest, UnassignRequest
+from gateway.models import AssignRequest, Result, UnassignRequest
+from gateway.ratelimit import check_client
 from gateway.redis_conn import REDIS_ERRORS
 from gateway.runtime import (
     CLIENT_NAME,
@@ -18,12 +18,10 @@ from gateway.runtime import (
     REDIS,
     REQUEST_ID,
     RUNTIME,
-    SERVICES,
     Runtime,
 )
-from gateway.service import Plan, attempt, plan, result
+from gateway.service import Plan, plan
 from gateway.spi import Operation
-from gateway.upstream import Call
 
 
 def authenticate(request: web.Request) -> ClientSpec:
@@ -36,18 +34,41 @@ async def _write(request: web.Request, operation: Operation,
                  model: type[UnassignRequest]) -> web.Response:
     rt = request.app[RUNTIME]
     client = authenticate(request)
+    await check_client(request, client)  # the client's own budget, before any work
     body = await read_body(request, model)
-    p = plan(rt.config, rt.providers, client, operation, body)
-    return json_response(await run_plan(request.app, rt, p, request[REQUEST_ID]))
+
+    async def run() -> web.Response:
+        p = plan(rt.config, rt.providers, client, operation, body)
+        logs.annotate_plan(p)
+        return await run_plan(request, rt, p)
+
+    return await idempotency.guarded(request, client.name, operation, body, run)
 
 
-async def run_plan(app: web.Application, rt: Runtime, p: Plan, request_id: str) -> Any:
-    """Run a plan synchronously within its provider's deadline."""
-    pc = rt.providers[p.provider]
-    loop = asyncio.get_running_loop()
-    call = Call(pc, loop.time() + pc.config.retry.deadline_s, {"X-Request-ID": request_id})
-    outcome = await attempt(p, pc, call)
-    return result(p, pc.config.type, outcome, app[SERVICES].new_id(), 1)
+def _prefers_async(request: web.Request) -> bool:
+    prefs = request.headers.getall("Prefer", [])
+    return any(p.split("=")[0].strip().lower() == "respond-async"
+               for value in prefs for p in value.replace(";", ",").split(","))
+
+
+async def run_plan(request: web.Request, rt: Runtime, p: Plan) -> web.Response:
+    """Run a plan within its provider's deadline (200), or queue it (202 and Location)."""
+    prefer_async = _prefers_async(request)
+    out = await request.app[EXECUTOR].submit(rt, p, request[REQUEST_ID], prefer_async)
+    logs.annotate_result(out)
+    if isinstance(out, Result):
+        return json_response(out)
+    headers = {"Location": f"/v1/operations/{out.operation_id}"}
+    if prefer_async:
+        headers["Preference-Applied"] = "respond-async"
+    return json_response(out, 202, headers)
+
+
+async def operation(request: web.Request) -> web.Response:
+    """``GET /v1/operations/{id}``: only the client that made it may see it."""
+    client = authenticate(request)
+    found = await request.app[EXECUTOR].view(request.match_info["id"], client.name)
+    return json_response(found)
 
 
 async def assign(request: web.Request) -> web.Response:

@@ -1,13 +1,13 @@
 """HTTP plumbing: JSON and problem+json responses, the error middleware, body reading.
 
 :func:`problem_middleware` is the one place a :class:`GatewayError` becomes
-``application/problem+json``, and where every request is counted.
+``application/problem+json``, and where every request is counted (metrics) and
+written as one JSON line (:mod:`gateway.logs`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from gateway import logs
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -25,9 +26,8 @@ from gateway.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from gateway.runtime import METRICS, REQUEST_ID
+from gateway.runtime import CLIENT_NAME, METRICS, REQUEST_ID
 
-log = logging.getLogger("gateway")
 MAX_BODY = 16 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 M = TypeVar("M", bound=BaseModel)
@@ -65,38 +65,58 @@ def _map_http(exc: web.HTTPException) -> GatewayError:
     return InvalidRequest("the request could not be read")
 
 
+def _request_id(request: web.Request) -> str:
+    # A client's id is kept only when it is short and plain: it goes into logs and upstream.
+    rid = request.headers.get("X-Request-ID", "")
+    return rid if _REQUEST_ID.match(rid) else secrets.token_hex(8)
+
+
 @web.middleware
 async def problem_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """The one place errors become problem+json, and every request is counted."""
-    rid = request.headers.get("X-Request-ID", "")
-    if not _REQUEST_ID.match(rid):
-        rid = secrets.token_hex(8)
-    request[REQUEST_ID] = rid
+    """The one place errors become problem+json, and every request is counted and logged."""
+    rid = request[REQUEST_ID] = _request_id(request)
+    rec = logs.AccessRecord(rid, request.method, _route(request))
+    token = logs.begin(rec)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    code = "ok"
+    try:
+        resp = await _answer(request, handler, rec)
+        resp.headers["X-Request-ID"] = rid
+        rec.status = resp.status
+        return resp
+    except asyncio.CancelledError:
+        rec.code = "cancelled"
+        raise
+    finally:
+        rec.duration_s = loop.time() - start
+        request.app[METRICS].request(rec.route, rec.code, rec.duration_s)
+        rec.client = rec.client or request.get(CLIENT_NAME)
+        logs.emit(rec)
+        logs.end(token)
+
+
+async def _answer(request: web.Request,
+                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                  rec: logs.AccessRecord) -> web.StreamResponse:
     try:
         try:
             resp = await handler(request)
         except web.HTTPException as e:
             if e.status < 400:
+                rec.status = e.status  # a redirect: aiohttp sends it as it is
                 raise
             raise _map_http(e) from None
-        code = "queued" if resp.status == 202 else "ok"
-        resp.headers["X-Request-ID"] = rid
-        return resp
     except GatewayError as e:
-        code = e.code
-        return problem_response(e, rid)
+        rec.code = e.code
+        return problem_response(e, rec.request_id)
     except Exception as e:  # the last line of defence: never a traceback to a client
-        code = "internal_error"
-        # The exception's text is not logged: it could carry request data.
-        log.error("unhandled %s on %s", type(e).__name__, _route(request))
-        return problem_response(GatewayError("an unexpected error occurred"), rid)
-    finally:
-        request.app[METRICS].request(_route(request), code, loop.time() - start)
+        # Only the type's name is kept: the exception's text could carry request data.
+        rec.code, rec.error = "internal_error", type(e).__name__
+        return problem_response(GatewayError("an unexpected error occurred"), rec.request_id)
+    rec.code = "queued" if resp.status == 202 else "ok"
+    return resp
 
 
 async def read_body(request: web.Request, model: type[M]) -> M:

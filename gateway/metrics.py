@@ -9,7 +9,7 @@ records around them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -26,17 +26,40 @@ from gateway.errors import ERROR_CODES
 
 VERSION = "0.1.0"
 
-# Sub-millisecond gateway work up to multi-second upstream calls.
-_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-_UPSTREAM = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+# A refusal the gateway answers itself takes ~100 us; a request that waits on
+# a provider's retries takes seconds. One bucket set must resolve both ends.
+_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+         1, 2.5, 5, 10, 30)
+# One upstream attempt: loopback sandboxes answer in ~1 ms, providers in
+# tens of ms to seconds, and timeout_s caps an attempt (default 5, at most 300).
+_UPSTREAM = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 _WAIT = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
 
 ROUTES = frozenset({
     "/v1/assign", "/v1/unassign", "/v1/tenants", "/v1/operations/{id}", "/healthz",
     "/readyz", "/metrics", "/openapi.json", "/admin/reload", "other",
 })
-RESULT_CODES = ERROR_CODES | {"ok", "queued"}
+#: ``cancelled``: the handler was cancelled (the server shutting down) before it answered.
+RESULT_CODES = ERROR_CODES | {"ok", "queued", "cancelled"}
 STATUS_CLASSES = frozenset({"1xx", "2xx", "3xx", "4xx", "5xx", "timeout", "error"})
+#: Upstream statuses kept exact, so a dashboard tells a provider's 401 (our key) from
+#: its 404 (a contact) or 429 (its limit); any other status is reduced to its class.
+UPSTREAM_STATUSES = frozenset({
+    "200", "201", "202", "204", "400", "401", "403", "404", "405", "409", "410", "413",
+    "415", "422", "429", "449", "500", "501", "502", "503", "504",
+})
+RETRY_REASONS = frozenset({"449", "429", "5xx", "timeout", "connect"})
+CACHE_RESULTS = ("hit", "miss")
+OPERATION_STATUSES = ("queued", "running", "succeeded", "failed", "superseded")
+
+
+def upstream_status(status: str) -> str:
+    """The label for an upstream status: exact when listed, else its class (``"418"`` -> 4xx)."""
+    if status in UPSTREAM_STATUSES or status in STATUS_CLASSES:
+        return status
+    if len(status) == 3 and status.isdigit() and "1" <= status[0] <= "5":
+        return status[0] + "xx"
+    return "error"
 
 
 class StatusGauge:
@@ -91,6 +114,9 @@ class Metrics:
             "gateway_ratelimit_degraded", "1 while the shared limiter's Redis is unreachable",
             registry=r)
         self.operations = StatusGauge("gateway_operations", "Operations by current status")
+        for status in OPERATION_STATUSES:
+            # Present at 0 from the start, so "queued is growing" has a baseline.
+            self.operations.set(status, 0)
         r.register(self.operations)
         self.operations_total = Counter("gateway_operations_total",
                                         "Operations that reached a status", ["status"], registry=r)
@@ -103,6 +129,12 @@ class Metrics:
                                 registry=r)
         self.build_info.labels(VERSION).set(1)
         self._children: dict[tuple[object, ...], Any] = {}
+        self._requests: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self.routes: frozenset[str] = ROUTES
+
+    def add_routes(self, routes: Iterable[str]) -> None:
+        """Accept these route templates as labels (the app's router: a closed set)."""
+        self.routes = self.routes | frozenset(routes)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """The labelled child, resolved once and then reused."""
@@ -113,21 +145,36 @@ class Metrics:
         return c
 
     def request(self, route: str, code: str, seconds: float) -> None:
-        route = route if route in ROUTES else "other"
-        code = code if code in RESULT_CODES else "internal_error"
-        self.child(self.requests, route, code).inc()
-        self.child(self.request_duration, route).observe(seconds)
+        # The hot path: one dict look-up for both children once a pair was seen.
+        pair = self._requests.get((route, code))
+        if pair is None:
+            pair = self._request_children(route, code)
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def _request_children(self, route: str, code: str) -> tuple[Any, Any]:
+        label_route = route if route in self.routes else "other"
+        label_code = code if code in RESULT_CODES else "internal_error"
+        pair = (self.child(self.requests, label_route, label_code),
+                self.child(self.request_duration, label_route))
+        if route in self.routes and code in RESULT_CODES:
+            # Only closed-set keys are cached, so the cache cannot grow with request data.
+            self._requests[(route, code)] = pair
+        return pair
 
     def exchange(self, provider: str, operation: str, status: str, seconds: float) -> None:
-        status = status if status in STATUS_CLASSES else "error"
-        self.child(self.upstream, provider, operation, status).inc()
+        self.child(self.upstream, provider, operation, upstream_status(status)).inc()
         self.child(self.upstream_duration, provider, operation).observe(seconds)
 
     def cache(self, kind: str, result: str) -> None:
+        if (id(self.translation_cache), kind, result) not in self._children:
+            # Both results start at 0 together, so a hit ratio exists from the first miss.
+            for r in CACHE_RESULTS:
+                self.child(self.translation_cache, kind, r)
         self.child(self.translation_cache, kind, result).inc()
 
     def retry(self, provider: str, reason: str) -> None:
-        self.child(self.retries, provider, reason).inc()
+        self.child(self.retries, provider, reason if reason in RETRY_REASONS else "other").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -46,5 +46,10 @@ def contact_latest(tenant: str, contact: str) -> str:
     return f"{PREFIX}op:{{ops}}:latest:{tenant}:{contact}"
 
 
+def contact_lock(tenant: str, contact: str) -> str:
+    """Held by the one operation attempting on a tenant's contact; expires by itself."""
+    return f"{PREFIX}op:{{ops}}:lock:{tenant}:{contact}"
+
+
 def idempotency(client: str, key_hash: str) -> str:
     return f"{PREFIX}idem:{{{client}}}:{key_hash}"

@@ -9,7 +9,9 @@ did not change (their sessions and caches survive). Resources live on the
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -63,6 +65,10 @@ class Services:
     registry: Mapping[str, AdapterClass] = field(default_factory=adapters)
     new_id: Callable[[], str] = field(default=lambda: "op_" + secrets.token_hex(12))
     clock: Callable[[], float] | None = None  # None: the event loop's clock
+    # Operations and idempotency records are shared between hosts, so their
+    # times (due, created, leases) are wall-clock seconds.
+    wall_clock: Callable[[], float] = field(default=time.time)
+    random: Callable[[], float] = field(default=random.random)  # jitter, in [0, 1)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -141,7 +141,7 @@ class ProviderClient:
         status = "error"
         try:
             resp = await self._exchange(request, timeout_s, extra_headers)
-            status = f"{resp.status // 100}xx"
+            status = str(resp.status)  # the metrics keep listed statuses exact
             return resp
         except UpstreamTimeout:
             status = "timeout"

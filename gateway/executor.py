@@ -1,0 +1,384 @@
+"""Running plans: attempts within a deadline, and the background work past it.
+
+Every accepted request becomes an operation (:mod:`gateway.operations`). The
+request's own task tries it synchronously, each attempt under the per-contact
+lock, sleeping between attempts as :mod:`gateway.retry` says, until its
+provider's ``deadline_s``. When the provider asks for more time than is left
+(449, a long ``Retry-After``), the client prefers ``respond-async``, the contact
+stays busy, or a newer operation arrives, the operation is queued and the
+client gets 202; the :class:`Worker` of any replica finishes it.
+
+Ordering on one contact: an operation attempts only while it is the newest for
+its contact and holds the contact's lock, which it keeps for the whole attempt
+(and, after a timeout, until the lock expires, so a request the provider may
+still be processing lands before any newer one is sent). A newer operation
+therefore waits for an older in-flight attempt and is applied after it; an
+older operation that finds a newer one ends ``superseded`` without a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+from aiohttp import web
+
+from gateway.errors import (
+    GatewayError,
+    NotFound,
+    RateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.models import OperationView, Queued, Result
+from gateway.operations import (
+    Begin,
+    MemoryStore,
+    OperationStore,
+    OpRecord,
+    StoreUnavailable,
+    problem_of,
+    view,
+)
+from gateway.opstore_redis import RedisStore
+from gateway.redis_conn import REDIS_ERRORS
+from gateway.retry import (
+    UNBUDGETED,
+    MemoryBudget,
+    RedisBudget,
+    RetryBudget,
+    background_action,
+    next_retry,
+    sync_action,
+)
+from gateway.runtime import METRICS, REDIS, RUNTIME, SERVICES, Runtime
+from gateway.service import Plan, attempt, result
+from gateway.spi import Outcome
+from gateway.upstream import Call, ProviderClient, UpstreamGate
+
+log = logging.getLogger("gateway")
+T = TypeVar("T")
+GateFactory = Callable[[web.Application], UpstreamGate | None]
+
+#: The most exchanges one attempt makes (contact look-up, assignee look-up, the write).
+MAX_EXCHANGES = 3
+#: A contact lock outlives its attempt by this much; a lease outlives the lock.
+LOCK_MARGIN_S = 1.0
+LEASE_MARGIN_S = 2.0
+#: An attempt with less time than this before the deadline is not started.
+MIN_ATTEMPT_S = 0.05
+BUSY_POLL_S = 0.02  # a request waiting for its contact's lock looks again this often
+BUSY_RETRY_S = 0.25  # a queued operation whose contact is busy comes back this soon
+POLL_S = 0.1  # how often a worker looks for due operations it was not woken for
+CONCURRENCY = 64  # background attempts in flight per replica
+STOP_GRACE_S = 2.0
+_OP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def attempt_span(pc: ProviderClient) -> float:
+    """The longest one background attempt may take: its lease and lock are longer."""
+    return pc.config.timeout_s * MAX_EXCHANGES + pc.config.rate_limit.max_wait_s
+
+
+class Executor:
+    def __init__(self, app: web.Application, store: OperationStore, budget: RetryBudget,
+                 gate: GateFactory | None = None) -> None:
+        self.app, self.store, self.budget = app, store, budget
+        services = app[SERVICES]
+        self.wall, self.rand, self.new_id = services.wall_clock, services.random, services.new_id
+        self._gate = gate
+        self.worker = Worker(self)
+
+    def gate(self) -> UpstreamGate | None:
+        return None if self._gate is None else self._gate(self.app)
+
+    def lease_s(self) -> float:
+        spans = [attempt_span(pc) for pc in self.app[RUNTIME].providers.values()]
+        return max(spans, default=0.0) + LOCK_MARGIN_S + LEASE_MARGIN_S
+
+    def _count(self, status: str) -> None:
+        metrics = self.app[METRICS]
+        metrics.child(metrics.operations_total, status).inc()
+
+    async def _guard(self, aw: Awaitable[T]) -> T:
+        try:
+            return await aw
+        except REDIS_ERRORS:
+            raise StoreUnavailable("the operations store is not answering; retry shortly",
+                                   retry_after=1) from None
+
+    # -- the synchronous path --------------------------------------------------------
+
+    async def submit(self, rt: Runtime, plan: Plan, request_id: str,
+                     prefer_async: bool) -> Result | Queued:
+        """Run an accepted plan within its deadline, or queue it and return Queued."""
+        pc = rt.providers[plan.provider]
+        now = self.wall()
+        rec = OpRecord(self.new_id(), plan, request_id, now,
+                       now + pc.config.retry.give_up_after_s)
+        await self._guard(self.store.accept(rec, now))
+        if prefer_async:
+            return await self._queue(rec, now)
+        return await self._run_sync(pc, rec)
+
+    async def _run_sync(self, pc: ProviderClient, rec: OpRecord) -> Result | Queued:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + pc.config.retry.deadline_s
+        while True:
+            got = await self._acquire(pc, rec, deadline)
+            if got != "ok" or deadline - loop.time() < MIN_ATTEMPT_S:
+                # Superseded, or the contact stayed busy: the background resolves it.
+                return await self._queue(rec, self.wall())
+            try:
+                outcome = await self._attempt(pc, rec, deadline)
+            except GatewayError as err:
+                queue, wait = await self._sync_retry(pc, rec, err, deadline - loop.time())
+                if queue:
+                    return await self._queue(rec, self.wall() + wait)
+                await asyncio.sleep(wait)
+            else:
+                return await self._succeed(pc, rec, outcome)
+
+    async def _acquire(self, pc: ProviderClient, rec: OpRecord, deadline: float) -> Begin:
+        """Take the contact lock, waiting while another attempt holds it (up to the deadline)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = deadline - loop.time()
+            hold = min(max(remaining, 0.0), attempt_span(pc)) + LOCK_MARGIN_S
+            got = await self._guard(self.store.begin(rec, hold))
+            if got != "busy" or remaining < BUSY_POLL_S + MIN_ATTEMPT_S:
+                return got
+            await asyncio.sleep(BUSY_POLL_S)
+
+    async def _sync_retry(self, pc: ProviderClient, rec: OpRecord, err: GatewayError,
+                          remaining: float) -> tuple[bool, float]:
+        """(queue it instead of sleeping, the wait); raises ``err`` when the request fails."""
+        spec = pc.config.retry
+        retry = next_retry(err, spec, rec, self.rand())
+        action = "fail" if retry is None else sync_action(
+            retry, spec, rec, remaining - MIN_ATTEMPT_S)
+        if (action == "retry" and retry is not None and retry.budgeted
+                and not await self.budget.allow(pc.name)):
+            action = "fail"  # the budget is spent: failing fast adds no load to an outage
+        if action == "fail" or retry is None:
+            await self._fail(rec, err, lease=None)
+            raise err
+        self.app[METRICS].retry(pc.name, retry.reason)
+        rec.reason = retry.reason
+        return action == "queue", retry.wait_s
+
+    async def _attempt(self, pc: ProviderClient, rec: OpRecord, deadline: float) -> Outcome:
+        rec.attempts += 1
+        if rec.attempts == 1:
+            await self.budget.first(pc.name)
+        call = Call(pc, deadline, {"X-Request-ID": rec.request_id}, gate=self.gate())
+        try:
+            # Each exchange is bounded by Call; this bounds the adapter's work between them.
+            async with asyncio.timeout_at(deadline):
+                return await attempt(rec.plan, pc, call)
+        except TimeoutError:
+            raise UpstreamTimeout("the deadline passed", provider=pc.config.type) from None
+
+    async def _queue(self, rec: OpRecord, due: float) -> Queued:
+        rec.status, rec.updated_at = "queued", self.wall()
+        # After a timeout the lock is left to expire (see _fail).
+        await self._guard(self.store.save(rec, due=due, unlock=rec.reason != "timeout"))
+        self._count("queued")
+        self.worker.wake()
+        return Queued(operation_id=rec.id)
+
+    async def _succeed(self, pc: ProviderClient, rec: OpRecord, outcome: Outcome,
+                       lease: str | None = None) -> Result:
+        res = result(rec.plan, pc.config.type, outcome, rec.id, rec.attempts)
+        rec.status, rec.result = "succeeded", res.model_dump(mode="json")
+        await self._final(rec, lease, unlock=True)
+        return res
+
+    async def _fail(self, rec: OpRecord, err: GatewayError, lease: str | None) -> None:
+        rec.status, rec.error = "failed", problem_of(err)
+        # After a timeout the provider may still apply the request: the lock is
+        # left to expire so that it lands before any newer operation's.
+        await self._final(rec, lease, unlock=not isinstance(err, UpstreamTimeout))
+
+    async def _final(self, rec: OpRecord, lease: str | None, *, unlock: bool) -> None:
+        rec.updated_at = self.wall()
+        try:
+            saved = await self.store.save(rec, due=None, lease=lease, unlock=unlock)
+        except REDIS_ERRORS:
+            # The outcome stands (the provider has acted); only its record is missing.
+            log.warning("operation %s: could not record %s", rec.id, rec.status)
+            return
+        if saved:
+            self._count(rec.status)
+
+    async def view(self, op_id: str, client: str) -> OperationView:
+        """An operation as its client sees it; anyone else's is not found."""
+        found = await self._guard(self.store.get(op_id)) if _OP_ID.fullmatch(op_id) else None
+        if found is None or found[0].plan.client != client:
+            raise NotFound("no such operation")
+        return view(*found)
+
+    # -- the background path ------------------------------------------------------------
+
+    async def resume(self, rec: OpRecord, lease: str) -> None:
+        """One background step of a claimed operation; never raises."""
+        try:
+            await self._resume(rec, lease)
+        except REDIS_ERRORS:
+            log.warning("operation %s: Redis failed; the lease expires and it runs again", rec.id)
+        except Exception:
+            log.exception("operation %s: unexpected error", rec.id)
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._fail(rec, GatewayError("the operation failed unexpectedly"), lease)
+
+    async def _resume(self, rec: OpRecord, lease: str) -> None:
+        pc = self.app[RUNTIME].providers.get(rec.plan.provider)
+        if rec.final:
+            await self.store.save(rec, due=None, lease=lease)
+            return
+        if pc is None:
+            err = UpstreamUnavailable("the provider is not configured on this replica")
+            await self._retry_later(rec, err, lease, None)
+            return
+        got = await self.store.begin(rec, attempt_span(pc) + LOCK_MARGIN_S)
+        if got == "superseded":
+            rec.status = "superseded"
+            await self._final(rec, lease, unlock=False)
+        elif got == "busy":
+            await self.store.save(rec, due=self.wall() + BUSY_RETRY_S, lease=lease)
+        elif await self._budget_allows(pc, rec):
+            await self._background_attempt(pc, rec, lease)
+        else:
+            await self.store.save(rec, due=self.wall() + pc.config.retry.backoff_max_s,
+                                  lease=lease)
+
+    async def _budget_allows(self, pc: ProviderClient, rec: OpRecord) -> bool:
+        """A retry after a failure (not a 449, not a first attempt) needs the budget."""
+        if rec.attempts == 0 or rec.reason is None or rec.reason in UNBUDGETED:
+            return True
+        return await self.budget.allow(pc.name)
+
+    async def _background_attempt(self, pc: ProviderClient, rec: OpRecord, lease: str) -> None:
+        deadline = asyncio.get_running_loop().time() + attempt_span(pc)
+        try:
+            outcome = await self._attempt(pc, rec, deadline)
+        except RateLimited as err:  # the gateway's own limiter: not the provider's answer
+            await self.store.save(rec, due=self.wall() + (err.retry_after or 1.0), lease=lease)
+        except GatewayError as err:
+            await self._retry_later(rec, err, lease, pc)
+        else:
+            await self._succeed(pc, rec, outcome, lease)
+
+    async def _retry_later(self, rec: OpRecord, err: GatewayError, lease: str,
+                           pc: ProviderClient | None) -> None:
+        spec = (pc or _any_provider(self.app)).config.retry
+        retry = next_retry(err, spec, rec, self.rand())
+        now = self.wall()
+        if retry is None or background_action(retry, now, rec.give_up_at) == "fail":
+            await self._fail(rec, err, lease)
+            return
+        if pc is not None:
+            self.app[METRICS].retry(pc.name, retry.reason)
+        rec.reason, rec.status, rec.updated_at = retry.reason, "queued", now
+        unlock = not isinstance(err, UpstreamTimeout)
+        await self.store.save(rec, due=now + retry.wait_s, lease=lease, unlock=unlock)
+
+
+def _any_provider(app: web.Application) -> ProviderClient:
+    # An operation whose provider left the configuration still needs a schedule
+    # and a give-up time (its own give_up_at); any provider's backoff will do.
+    return next(iter(app[RUNTIME].providers.values()))
+
+
+class Worker:
+    """Claims due operations and runs one background step of each, bounded in number."""
+
+    def __init__(self, executor: Executor, *, poll_s: float = POLL_S,
+                 concurrency: int = CONCURRENCY) -> None:
+        self.executor, self.poll_s, self.concurrency = executor, poll_s, concurrency
+        self.token = secrets.token_hex(6)
+        self._claims = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._gauge_at = 0.0
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._run())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            await self._tick()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_s):
+                    await self._wake.wait()
+
+    async def _tick(self) -> None:
+        ex = self.executor
+        free = self.concurrency - len(self._tasks)
+        try:
+            await self._gauge()
+            if free <= 0:
+                return
+            self._claims += 1
+            token = f"{self.token}:{self._claims}"
+            claimed = await ex.store.claim(ex.wall(), free, ex.lease_s(), token)
+        except REDIS_ERRORS:
+            log.warning("operations: Redis unreachable; looking again in %.1f s", self.poll_s)
+            return
+        for rec in claimed:
+            task = asyncio.create_task(ex.resume(rec, token))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _gauge(self) -> None:
+        ex = self.executor
+        now = ex.wall()
+        if now - self._gauge_at < 1.0:
+            return
+        self._gauge_at = now
+        ops = ex.app[METRICS].operations
+        ops.set("queued", await ex.store.queued())
+        ops.set("running", len(self._tasks))
+
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop claiming; give steps in flight ``grace_s``, then cancel them (their
+        leases expire and another replica, or this one after a restart, runs them)."""
+        self._stop.set()
+        self._wake.set()
+        if self._loop is not None:
+            await self._loop
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+EXECUTOR = web.AppKey("executor", Executor)
+
+
+def setup_operations(app: web.Application, gate: GateFactory | None = None) -> None:
+    """Install the executor and its worker; add after the ctx that opens Redis and the runtime."""
+
+    async def operations(app: web.Application) -> AsyncIterator[None]:
+        wall = app[SERVICES].wall_clock
+        redis = app.get(REDIS)
+        store: OperationStore = MemoryStore(wall) if redis is None else RedisStore(redis)
+        budget: RetryBudget = MemoryBudget(wall) if redis is None else RedisBudget(redis, wall)
+        app[EXECUTOR] = executor = Executor(app, store, budget, gate)
+        executor.worker.start()
+        yield
+        await executor.worker.stop()
+
+    app.cleanup_ctx.append(operations)

@@ -1,0 +1,165 @@
+"""One structured JSON line per request, and the masking of personal data in it.
+
+The HTTP middleware opens an :class:`AccessRecord` for each request and
+writes it as one JSON line on the ``gateway.access`` logger when the answer is
+decided. What only the handler learns (tenant, provider, operation, contact,
+attempts) it adds with :func:`annotate`, from anywhere in the request's task:
+the record travels in a context variable, so the retry and operation code can
+annotate without being handed the request.
+
+What a line may hold is closed by construction: names from configuration,
+canonical codes, route templates, ids the gateway made or validated, and
+contacts masked by :func:`mask_phone` / :func:`mask_email`. Never a body, a
+header other than the request id, a key, or an exception's text (its type name
+only: aiohttp and provider texts can carry URLs, identifiers and keys).
+
+Lines cost nothing when ``gateway.access`` is disabled for their level: the
+check comes before any formatting.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+
+from gateway.models import Queued, Result
+
+if TYPE_CHECKING:
+    from gateway.service import Plan
+
+ACCESS_LOG = logging.getLogger("gateway.access")
+
+_CURRENT: ContextVar[AccessRecord | None] = ContextVar("gateway_access_record", default=None)
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    """The facts of one request; filled in as they become known."""
+
+    request_id: str
+    method: str
+    route: str
+    client: str | None = None
+    tenant: str | None = None
+    provider: str | None = None  # the configured provider name, as in metric labels
+    operation: str | None = None
+    contact: str | None = None  # masked
+    operation_id: str | None = None
+    attempts: int | None = None
+    status: int = 0
+    code: str = "ok"
+    error: str | None = None  # an unhandled exception's type name, never its text
+    duration_s: float = 0.0
+
+    def line(self) -> bytes:
+        return orjson.dumps({
+            "ts": round(time.time(), 3), "event": "request", "request_id": self.request_id,
+            "method": self.method, "route": self.route, "status": self.status,
+            "code": self.code, "client": self.client, "tenant": self.tenant,
+            "provider": self.provider, "operation": self.operation, "contact": self.contact,
+            "operation_id": self.operation_id, "attempts": self.attempts,
+            "duration_s": round(self.duration_s, 6), "error": self.error,
+        })
+
+
+def begin(record: AccessRecord) -> Token[AccessRecord | None]:
+    """Make ``record`` the current request's (the middleware calls this)."""
+    return _CURRENT.set(record)
+
+
+def end(token: Token[AccessRecord | None]) -> None:
+    _CURRENT.reset(token)
+
+
+def current() -> AccessRecord | None:
+    return _CURRENT.get()
+
+
+def annotate(*, client: str | None = None, tenant: str | None = None,
+             provider: str | None = None, operation: str | None = None,
+             contact: str | None = None, operation_id: str | None = None,
+             attempts: int | None = None) -> None:
+    """Add what is known about the current request; a no-op outside a request.
+
+    ``contact`` must already be masked (:func:`mask_contact`).
+    """
+    rec = _CURRENT.get()
+    if rec is None:
+        return
+    if client is not None:
+        rec.client = client
+    if tenant is not None:
+        rec.tenant = tenant
+    if provider is not None:
+        rec.provider = provider
+    if operation is not None:
+        rec.operation = operation
+    if contact is not None:
+        rec.contact = contact
+    if operation_id is not None:
+        rec.operation_id = operation_id
+    if attempts is not None:
+        rec.attempts = attempts
+
+
+def annotate_plan(plan: Plan) -> None:
+    """What a write request resolved to, before anything is sent."""
+    c = plan.contact
+    annotate(tenant=plan.tenant, provider=plan.provider, operation=plan.operation,
+             contact=mask_contact(phone=c.phone, email=c.email, id=c.id))
+
+
+def annotate_result(result: object) -> None:
+    """The operation id and attempts of an answer (a Result, or Queued for a 202)."""
+    if isinstance(result, Result):
+        annotate(operation_id=result.operation_id, attempts=result.attempts)
+    elif isinstance(result, Queued):
+        annotate(operation_id=result.operation_id)
+
+
+def emit(record: AccessRecord) -> None:
+    """Write the record's line: ERROR for the gateway's own failures, INFO otherwise."""
+    level = logging.ERROR if record.code == "internal_error" else logging.INFO
+    if ACCESS_LOG.isEnabledFor(level):
+        ACCESS_LOG.log(level, "%s", record.line().decode())
+
+
+def mask_phone(phone: str) -> str:
+    """``+15551234567`` -> ``+1555***4567``: enough to tell numbers apart, not to dial one."""
+    if len(phone) < 10:
+        return "***"
+    return phone[:5] + "***" + phone[-4:]
+
+
+def mask_email(email: str) -> str:
+    """``jane@acme.com`` -> ``j***@acme.com``: the domain says which customer, not who."""
+    local, sep, domain = email.rpartition("@")
+    if not sep or not local:
+        return "***"
+    return local[0] + "***@" + domain
+
+
+def mask_id(value: str) -> str:
+    """A provider id, masked unless short: some providers take a phone or email as an id."""
+    if "@" in value:
+        return mask_email(value)
+    if len(value) <= 6:
+        return value  # Aelyst's small integers; too short to be anyone's number
+    if len(value) < 10:
+        return value[:2] + "***" + value[-2:]
+    return value[:5] + "***" + value[-4:]
+
+
+def mask_contact(*, phone: str | None = None, email: str | None = None,
+                 id: str | None = None) -> str | None:
+    """A contact for a log line, whichever kind it is, masked."""
+    if phone is not None:
+        return mask_phone(phone)
+    if email is not None:
+        return mask_email(email)
+    return None if id is None else "id:" + mask_id(id)

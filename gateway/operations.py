@@ -1,0 +1,268 @@
+"""Operations: every accepted request's record, and the store that queues them.
+
+An :class:`OpRecord` holds the serialized :class:`gateway.service.Plan` (with
+the configured provider name it was accepted for, so a later configuration
+swap does not reroute queued work), its status, attempts and outcome. Any
+replica can run it from the record alone.
+
+The store (:class:`OperationStore`: :class:`MemoryStore` here, ``RedisStore``
+in :mod:`gateway.opstore_redis`) does four things, each atomically:
+
+- **accept**: the operation becomes the newest for its (tenant, contact); the
+  one it replaces, if queued, is made due at once so it resolves as superseded;
+- **begin**: before every attempt, the per-contact lock is taken, and only if
+  the operation is still the newest for its contact (else: superseded). The
+  lock is held through the attempt, so two attempts on one contact never
+  overlap and an older operation can never be applied after a newer one;
+- **claim**: a worker leases due operations (the due time moves past the
+  lease); a lease that is never finished (a replica killed mid-attempt)
+  expires and the operation is due again for any replica;
+- **save**: the record is written and the due entry, lease and contact lock
+  updated together, fenced by the lease token so a worker whose lease was
+  taken over cannot overwrite the new holder's work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol, cast
+
+import orjson
+from cachetools import TTLCache
+
+from gateway.errors import GatewayError
+from gateway.models import ContactOut, OperationView, Problem, Result
+from gateway.service import Plan
+from gateway.spi import (
+    AssignCommand,
+    AssigneeRef,
+    ContactRef,
+    TenantContext,
+    UnassignCommand,
+)
+
+Status = Literal["queued", "running", "succeeded", "failed", "superseded"]
+Begin = Literal["ok", "busy", "superseded"]
+FINAL: frozenset[str] = frozenset({"succeeded", "failed", "superseded"})
+#: Final records are kept this long for ``GET /v1/operations/{id}``.
+FINAL_TTL_S = 24 * 3600.0
+#: The newest-operation pointer outlives any queued operation (give_up_after_s).
+LATEST_TTL_S = 7 * 24 * 3600.0
+
+
+class StoreUnavailable(GatewayError):
+    """Redis is not answering: the gateway cannot promise ordering or durability.
+
+    Refused (fail closed) rather than run without them; the code stays in the
+    closed set of metric labels.
+    """
+
+    status, title = 503, "Operations store unavailable"
+
+
+def contact_key(tenant: str, contact: ContactRef) -> str:
+    """The per-contact ordering key: hashed, so no contact data lands in Redis key names."""
+    raw = f"{tenant}\x00{contact.kind}:{contact.value}".encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def plan_to_dict(p: Plan) -> dict[str, Any]:
+    return {"operation": p.operation, "client": p.client, "tenant": p.tenant,
+            "provider": p.provider, "command": dataclasses.asdict(p.command),
+            "contact": p.contact.model_dump(mode="json")}
+
+
+def plan_from_dict(d: dict[str, Any]) -> Plan:
+    c = d["command"]
+    tenant = TenantContext(**c["tenant"])
+    contact = ContactRef(**c["contact"])
+    command: AssignCommand | UnassignCommand
+    if d["operation"] == "assign":
+        command = AssignCommand(tenant, contact, AssigneeRef(**c["assignee"]), c["mode"],
+                                c["campaign_id"], c["assigned_by"])
+    else:
+        command = UnassignCommand(tenant, contact, c["campaign_id"], c["assigned_by"])
+    return Plan(d["operation"], d["client"], d["tenant"], d["provider"], command,
+                ContactOut.model_validate(d["contact"]))
+
+
+@dataclass
+class OpRecord:
+    id: str
+    plan: Plan
+    request_id: str
+    created_at: float  # wall-clock seconds: records are shared between hosts
+    give_up_at: float
+    status: Status = "queued"
+    updated_at: float = 0.0
+    attempts: int = 0
+    failures: int = 0
+    queued_wait_s: float | None = None
+    reason: str | None = None  # why the last attempt is being retried
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    contact: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.contact = contact_key(self.plan.tenant, self.plan.command.contact)
+        self.updated_at = self.updated_at or self.created_at
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    def dumps(self) -> bytes:
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("plan", "contact")}
+        data["plan"] = plan_to_dict(self.plan)
+        return orjson.dumps(data)
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> OpRecord:
+        data = orjson.loads(raw)
+        data["plan"] = plan_from_dict(data["plan"])
+        return cls(**data)
+
+    def copy(self) -> OpRecord:
+        return dataclasses.replace(self)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def view(rec: OpRecord, running: bool) -> OperationView:
+    status: Status = "running" if running and rec.status == "queued" else rec.status
+    return OperationView(
+        operation_id=rec.id, status=status, attempts=rec.attempts,
+        created_at=_iso(rec.created_at), updated_at=_iso(rec.updated_at),
+        result=None if rec.result is None else Result.model_validate(rec.result),
+        error=None if rec.error is None else Problem.model_validate(rec.error))
+
+
+class OperationStore(Protocol):
+    """Where operations live. Redis errors (``REDIS_ERRORS``) pass through to the caller."""
+
+    durable: bool
+
+    async def accept(self, rec: OpRecord, now: float) -> None:
+        """Make ``rec`` its contact's newest operation; make the one it replaces due now."""
+        ...
+
+    async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
+        """Take the contact lock for one attempt (``hold_s``), if ``rec`` is still newest."""
+        ...
+
+    async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
+                   unlock: bool = True) -> bool:
+        """Write ``rec``; due: queue it for then (None: off the queue). ``lease``: only if
+        still held, then released. ``unlock``: release the contact lock if ``rec`` holds it.
+        Returns False (writing nothing) when the lease was lost."""
+        ...
+
+    async def get(self, op_id: str) -> tuple[OpRecord, bool] | None:
+        """The record and whether a worker holds it right now."""
+        ...
+
+    async def claim(self, now: float, limit: int, lease_s: float, token: str) -> list[OpRecord]:
+        """Lease up to ``limit`` due operations to ``token`` for ``lease_s``."""
+        ...
+
+    async def queued(self) -> int:
+        """How many operations are waiting (for the gauge)."""
+        ...
+
+
+class MemoryStore:
+    """In-process operations (``redis_url: null``): one replica, lost on restart."""
+
+    durable = False
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.live: dict[str, OpRecord] = {}
+        self.finals: TTLCache[str, OpRecord] = TTLCache(200_000, FINAL_TTL_S, timer=clock)
+        self.latest: TTLCache[str, str] = TTLCache(1_000_000, LATEST_TTL_S, timer=clock)
+        self.locks: dict[str, tuple[str, float]] = {}  # contact -> (op id, expires)
+        self.leases: dict[str, tuple[str, float]] = {}  # op id -> (token, expires)
+        self.due: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def _held(self, table: dict[str, tuple[str, float]], key: str) -> str | None:
+        entry = table.get(key)
+        if entry is None or entry[1] <= self.clock():
+            table.pop(key, None)
+            return None
+        return entry[0]
+
+    def _schedule(self, op_id: str, when: float) -> None:
+        self.due[op_id] = when
+        heapq.heappush(self._heap, (when, op_id))
+
+    async def accept(self, rec: OpRecord, now: float) -> None:
+        prev = self.latest.get(rec.contact)
+        self.latest[rec.contact] = rec.id
+        if prev is not None and prev in self.due:
+            self._schedule(prev, now)
+
+    async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
+        if self.latest.get(rec.contact, rec.id) != rec.id:
+            return "superseded"
+        holder = self._held(self.locks, rec.contact)
+        if holder is not None and holder != rec.id:
+            return "busy"
+        self.locks[rec.contact] = (rec.id, self.clock() + hold_s)
+        return "ok"
+
+    async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
+                   unlock: bool = True) -> bool:
+        if lease is not None and self._held(self.leases, rec.id) != lease:
+            return False
+        stored = rec.copy()
+        if rec.final:
+            self.live.pop(rec.id, None)
+            self.finals[rec.id] = stored
+        else:
+            self.live[rec.id] = stored
+        if due is None:
+            self.due.pop(rec.id, None)
+        else:
+            self._schedule(rec.id, due)
+        if lease is not None:
+            self.leases.pop(rec.id, None)
+        if unlock and self._held(self.locks, rec.contact) == rec.id:
+            del self.locks[rec.contact]
+        return True
+
+    async def get(self, op_id: str) -> tuple[OpRecord, bool] | None:
+        rec = self.live.get(op_id) or self.finals.get(op_id)
+        if rec is None:
+            return None
+        return rec.copy(), self._held(self.leases, op_id) is not None
+
+    async def claim(self, now: float, limit: int, lease_s: float, token: str) -> list[OpRecord]:
+        out: list[OpRecord] = []
+        while self._heap and self._heap[0][0] <= now and len(out) < limit:
+            when, op_id = heapq.heappop(self._heap)
+            if self.due.get(op_id) != when:
+                continue  # a stale heap entry: the operation was rescheduled or finished
+            holder = self._held(self.leases, op_id)
+            if holder is not None:
+                self._schedule(op_id, self.leases[op_id][1])
+                continue
+            self.leases[op_id] = (token, now + lease_s)
+            self._schedule(op_id, now + lease_s)
+            out.append(self.live[op_id].copy())
+        return out
+
+    async def queued(self) -> int:
+        return len(self.due)
+
+
+def problem_of(err: GatewayError) -> dict[str, Any]:
+    return cast(dict[str, Any], orjson.loads(orjson.dumps(err.problem())))

@@ -1,0 +1,78 @@
+"""The limiter on the aiohttp application: built with the app's resources, and the
+rate-limit headers on every answer of the write routes.
+
+Headers follow the IETF draft (``RateLimit-Limit``, ``RateLimit-Remaining``,
+``RateLimit-Reset`` in seconds) and describe the tightest bucket the request went
+through: the client's own when it is the tighter, else the provider's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.config import ClientSpec, LimiterSpec
+from gateway.ratelimit.limiter import BUDGET, Budget, Limiter
+from gateway.ratelimit.memory import MemoryBackend
+from gateway.ratelimit.redis_backend import RedisBackend
+from gateway.ratelimit.shared import Backend, SharedBackend
+from gateway.runtime import METRICS, REDIS, RUNTIME, SERVICES
+
+LIMITER = web.AppKey("ratelimiter", Limiter)
+_BUDGET = web.RequestKey("ratelimit_budget", Budget)
+
+
+def gate_for(app: web.Application) -> Limiter:
+    """The gate to pass as ``Call(..., gate=...)`` for every provider call."""
+    return app[LIMITER]
+
+
+def setup_ratelimit(app: web.Application, *, probe_interval_s: float = 0.5) -> None:
+    """Install the limiter; call after the context that opens ``app[REDIS]``."""
+
+    async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[LIMITER] = build_limiter(app, probe_interval_s)
+        yield
+        await app[LIMITER].close()
+
+    app.cleanup_ctx.append(limiter_ctx)
+    app.on_response_prepare.append(_headers)
+
+
+def build_limiter(app: web.Application, probe_interval_s: float) -> Limiter:
+    metrics = app[METRICS]
+    clock = app[SERVICES].clock or asyncio.get_running_loop().time
+    local = MemoryBackend(clock)
+
+    def policy() -> LimiterSpec:
+        return app[RUNTIME].config.ratelimit
+
+    backend: Backend = local
+    if REDIS in app:
+        backend = SharedBackend(RedisBackend(app[REDIS]), local, policy,
+                                lambda on: metrics.ratelimit_degraded.set(1 if on else 0),
+                                clock, probe_interval_s=probe_interval_s)
+    metrics.ratelimit_degraded.set(0)
+    return Limiter(backend, metrics, policy, clock=clock)
+
+
+async def check_client(request: web.Request, client: ClientSpec) -> None:
+    """Start the request's budget and spend the client's bucket (``RateLimited`` if spent)."""
+    budget = Budget()
+    request[_BUDGET] = budget
+    BUDGET.set(budget)
+    await request.app[LIMITER].check_client(client)
+
+
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    budget = request.get(_BUDGET)
+    tightest = budget.tightest() if budget is not None else None
+    if tightest is None:
+        return
+    bucket, decision = tightest
+    response.headers["RateLimit-Limit"] = str(bucket.burst)
+    response.headers["RateLimit-Remaining"] = str(decision.remaining)
+    response.headers["RateLimit-Reset"] = str(math.ceil(decision.reset_s))

@@ -1,0 +1,139 @@
+"""The limiter: which bucket a request spends, how long it waits, what a refusal says.
+
+It is the :class:`gateway.upstream.UpstreamGate` of every provider call:
+:meth:`Limiter.before` reserves a slot in the provider's bucket and sleeps until
+it, or raises :class:`~gateway.errors.RateLimited` when the slot is further away
+than the bucket's ``max_wait_s`` or the request's deadline; :meth:`Limiter.after`
+turns the provider's own signals (429 ``Retry-After``, ``X-RateLimit-Remaining: 0``,
+as read by the adapter) into a pause of that bucket for every replica.
+:meth:`Limiter.check_client` spends a client's own bucket, if it has one, and
+never waits: a client over its budget is told when to come back.
+
+Buckets are keyed by the configured provider and, for ``scope: path``, by a hash
+of the method and the adapter's encoded upstream path, so two spellings of one
+contact (translated to one identifier) share a bucket and no identifier appears
+in a Redis key name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from gateway import redis_keys
+from gateway.config import ClientSpec, LimiterSpec
+from gateway.errors import RateLimited
+from gateway.metrics import Metrics
+from gateway.ratelimit.gcra import Bucket, Decision
+from gateway.ratelimit.shared import Backend
+from gateway.spi import UpstreamRequest, UpstreamResponse
+from gateway.upstream import ProviderClient
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+#: Time left for the exchange itself: a slot that leaves less before the deadline
+#: would spend the provider's budget on a request that then times out.
+EXCHANGE_RESERVE_S = 0.1
+#: A provider's "come back in" beyond this is taken as this: a bad header must not
+#: stop a provider for hours.
+MAX_PAUSE_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One bucket as the limiter uses it; ``label`` is its metric label."""
+
+    key: str
+    bucket: Bucket
+    max_wait_s: float
+    label: str  # client | account | path
+
+
+@dataclass(slots=True)
+class Budget:
+    """What the buckets a request went through said, for its rate-limit headers."""
+
+    seen: list[tuple[Bucket, Decision]] = field(default_factory=list)
+
+    def tightest(self) -> tuple[Bucket, Decision] | None:
+        return min(self.seen, key=lambda s: (s[1].remaining, -s[1].reset_s), default=None)
+
+
+#: The current request's budget; set by the HTTP layer, copied into child tasks.
+BUDGET: ContextVar[Budget | None] = ContextVar("ratelimit_budget", default=None)
+
+
+def path_key(method: str, path: str) -> str:
+    """A path bucket's name: a hash, so identifiers never sit in Redis in clear."""
+    digest = hashlib.blake2b(f"{method.upper()} {path}".encode(), digest_size=16)
+    return "path:" + digest.hexdigest()
+
+
+class Limiter:
+    def __init__(self, backend: Backend, metrics: Metrics, policy: Callable[[], LimiterSpec],
+                 *, clock: Clock, sleep: Sleep = asyncio.sleep) -> None:
+        self.backend, self.metrics, self.policy = backend, metrics, policy
+        self._clock, self._sleep = clock, sleep
+
+    def provider_scope(self, client: ProviderClient, request: UpstreamRequest) -> Scope:
+        spec = client.config.rate_limit
+        rate = spec.rate * (1.0 - self.policy().headroom)
+        sub = path_key(request.method, request.path) if spec.scope == "path" else "account"
+        return Scope(redis_keys.bucket(client.name, sub), Bucket.of(rate, spec.burst),
+                     spec.max_wait_s, spec.scope)
+
+    @staticmethod
+    def client_scope(client: ClientSpec) -> Scope | None:
+        if client.rate_limit is None:
+            return None
+        bucket = Bucket.of(client.rate_limit.rate, client.rate_limit.burst)
+        return Scope(redis_keys.client_bucket(client.name), bucket, 0.0, "client")
+
+    async def check_client(self, client: ClientSpec) -> None:
+        """Spend one token of the client's own bucket, or raise ``RateLimited``."""
+        scope = self.client_scope(client)
+        if scope is not None:
+            decision = await self.backend.reserve(scope.key, scope.bucket, 0.0)
+            self._note(scope, decision)
+            if not decision.allowed:
+                self._refuse(scope, decision, "this client's request budget is spent")
+
+    async def before(self, client: ProviderClient, request: UpstreamRequest,
+                     deadline: float) -> None:
+        scope = self.provider_scope(client, request)
+        left = deadline - self._clock() - EXCHANGE_RESERVE_S
+        decision = await self.backend.reserve(scope.key, scope.bucket,
+                                              max(0.0, min(scope.max_wait_s, left)))
+        self._note(scope, decision)
+        if not decision.allowed:
+            self._refuse(scope, decision, "the provider's rate limit has no slot for "
+                         "this request within its wait budget", client.config.type)
+        self.metrics.child(self.metrics.ratelimit_wait, client.name).observe(decision.wait_s)
+        if decision.wait_s > 0:
+            await self._sleep(decision.wait_s)
+
+    async def after(self, client: ProviderClient, request: UpstreamRequest,
+                    response: UpstreamResponse) -> None:
+        seconds = client.adapter.rate_feedback(response)
+        if seconds is not None and seconds > 0:
+            scope = self.provider_scope(client, request)
+            await self.backend.pause(scope.key, scope.bucket, min(seconds, MAX_PAUSE_S))
+
+    def _refuse(self, scope: Scope, decision: Decision, detail: str,
+                provider: str | None = None) -> NoReturn:
+        self.metrics.child(self.metrics.ratelimit_rejected, scope.label).inc()
+        raise RateLimited(detail, provider=provider, retry_after=decision.retry_after_s)
+
+    @staticmethod
+    def _note(scope: Scope, decision: Decision) -> None:
+        budget = BUDGET.get()
+        if budget is not None:
+            budget.seen.append((scope.bucket, decision))
+
+    async def close(self) -> None:
+        await self.backend.close()

@@ -1,0 +1,147 @@
+"""Redis buckets, and the one place that decides what happens when Redis fails.
+
+Three states:
+
+- **normal**: every decision is made by the Redis script. Each answer is also
+  copied into this replica's local bucket (its *shadow*), so that if Redis goes
+  away the local bucket does not admit anything before the shared bucket would
+  have: the slots already handed out keep their place.
+- **degraded** (a Redis call failed or timed out): ``ratelimit.on_redis_error``
+  decides. ``fail_closed`` refuses every request (429, Retry-After); ``local``
+  decides in this process at the bucket's rate divided by ``ratelimit.replicas``,
+  so the replicas together stay within the one real limit. A background probe
+  pings Redis every ``probe_interval_s``; ``gateway_ratelimit_degraded`` is 1
+  meanwhile.
+- **handover** (Redis is back): for ``probe_interval_s + max_wait`` every request
+  needs both a local slot and a Redis slot, and waits for the later one. Another
+  replica may not have noticed the return yet and still spends its local share,
+  and local slots handed out before the return are still to be used; both are
+  over once that span has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from gateway.config import LimiterSpec
+from gateway.ratelimit.gcra import US, Bucket, Decision
+from gateway.ratelimit.memory import Clock, MemoryBackend
+from gateway.ratelimit.redis_backend import BackendUnavailable, RedisBackend
+
+log = logging.getLogger("gateway")
+
+#: Probe rounds per probe task; a decision starts a new task if Redis is still away.
+_PROBE_ROUNDS = 120
+
+
+class Backend(Protocol):
+    """What the limiter needs of a store of buckets."""
+
+    async def reserve(self, key: str, bucket: Bucket, max_wait_s: float,
+                      floor_s: float = 0.0) -> Decision:
+        """Reserve a slot no later than ``max_wait_s`` from now (and not before
+        ``floor_s``), or refuse without changing anything. Never raises."""
+        ...
+
+    async def pause(self, key: str, bucket: Bucket, seconds: float) -> None:
+        """Let nothing through this bucket for ``seconds``, for every replica. Never raises."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SharedBackend:
+    """:class:`RedisBackend` with its fallback; see the module docstring."""
+
+    def __init__(self, redis: RedisBackend, local: MemoryBackend,
+                 policy: Callable[[], LimiterSpec], on_degraded: Callable[[bool], None],
+                 clock: Clock, *, probe_interval_s: float = 0.5) -> None:
+        self._redis, self._local, self._policy = redis, local, policy
+        self._on_degraded, self._clock = on_degraded, clock
+        self.probe_interval_s = probe_interval_s
+        self.degraded = False
+        self._back_at = -float("inf")  # when Redis last came back
+        self._probe: asyncio.Task[None] | None = None
+
+    async def reserve(self, key: str, bucket: Bucket, max_wait_s: float,
+                      floor_s: float = 0.0) -> Decision:
+        if self.degraded:
+            self._ensure_probe()
+            return self._fallback(key, bucket, max_wait_s, floor_s)
+        handover = (self._clock() - self._back_at < self.probe_interval_s + max_wait_s
+                    and self._policy().on_redis_error == "local")
+        local: Decision | None = None
+        if handover:
+            local = self._local.reserve_now(key, self._share(bucket), max_wait_s, floor_s)
+            if not local.allowed:
+                return local
+            floor_s = local.wait_s
+        try:
+            decision = await self._redis.reserve(key, bucket, max_wait_s, floor_s)
+        except BackendUnavailable as e:
+            self._degrade(e)
+            return local or self._fallback(key, bucket, max_wait_s, floor_s)
+        if not handover:
+            self._shadow(key, bucket, decision)
+        return decision
+
+    async def pause(self, key: str, bucket: Bucket, seconds: float) -> None:
+        # Locally too: should Redis go away, the fallback bucket still holds the pause.
+        self._local.pause_now(key, self._share(bucket), seconds)
+        if self.degraded:
+            return
+        try:
+            await self._redis.pause(key, bucket, seconds)
+        except BackendUnavailable as e:
+            self._degrade(e)
+
+    def _fallback(self, key: str, bucket: Bucket, max_wait_s: float,
+                  floor_s: float) -> Decision:
+        """The one place Redis failures turn into answers."""
+        if self._policy().on_redis_error == "fail_closed":
+            retry = int(self.probe_interval_s * US)
+            return Decision.of_us(False, retry, 0, 0, 0)
+        return self._local.reserve_now(key, self._share(bucket), max_wait_s, floor_s)
+
+    def _share(self, bucket: Bucket) -> Bucket:
+        return bucket.share(self._policy().replicas)
+
+    def _shadow(self, key: str, bucket: Bucket, decision: Decision) -> None:
+        # When the shared bucket next lets a request through at once; nothing local
+        # may go before that, or a fall-back would overlap the slots already given out.
+        next_free_s = decision.reset_s - bucket.tau_us / US
+        if next_free_s > 0:
+            self._local.pause_now(key, self._share(bucket), next_free_s)
+
+    def _degrade(self, error: BaseException) -> None:
+        if not self.degraded:
+            self.degraded = True
+            self._on_degraded(True)
+            log.warning("rate limiter: Redis unavailable (%s); policy %s", error,
+                        self._policy().on_redis_error)
+        self._ensure_probe()
+
+    def _ensure_probe(self) -> None:
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._probe_rounds())
+
+    async def _probe_rounds(self) -> None:
+        for _ in range(_PROBE_ROUNDS):
+            await asyncio.sleep(self.probe_interval_s)
+            try:
+                await self._redis.ping()
+            except BackendUnavailable:
+                continue
+            self.degraded = False
+            self._back_at = self._clock()
+            self._on_degraded(False)
+            log.warning("rate limiter: Redis is back; shared buckets again")
+            return
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)

@@ -1,0 +1,134 @@
+"""Redis goes away and comes back: the fallback policy, against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from gateway.config import LimiterSpec
+from gateway.ratelimit.gcra import Bucket
+from gateway.ratelimit.memory import MemoryBackend
+from gateway.ratelimit.redis_backend import RedisBackend
+from gateway.ratelimit.shared import SharedBackend
+from gateway.redis_conn import connect
+from tests.redis_server import RedisServer
+
+PROBE_S = 0.2
+
+
+@dataclass
+class Rig:
+    shared: SharedBackend
+    policy: LimiterSpec
+    states: list[bool] = field(default_factory=list)
+
+    async def until_state(self, degraded: bool, within_s: float = 5.0) -> float:
+        """Seconds until ``shared.degraded`` equals ``degraded`` (bounded poll)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for _ in range(int(within_s / 0.02)):
+            if self.shared.degraded == degraded:
+                return loop.time() - start
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"degraded is still {self.shared.degraded}")
+
+
+def _rig(server: RedisServer, policy: LimiterSpec) -> tuple[Rig, Callable[[], object]]:
+    client = connect(server.url)
+    loop = asyncio.get_running_loop()
+    rig = Rig(shared=None, policy=policy)  # type: ignore[arg-type]
+    rig.shared = SharedBackend(RedisBackend(client), MemoryBackend(loop.time), lambda: rig.policy,
+                               rig.states.append, loop.time, probe_interval_s=PROBE_S)
+    return rig, client.aclose
+
+
+@pytest.fixture
+async def rig(redis_server: RedisServer) -> AsyncIterator[Rig]:
+    r, close = _rig(redis_server, LimiterSpec(on_redis_error="local", replicas=2))
+    yield r
+    await r.shared.close()
+    await close()  # type: ignore[misc]
+
+
+async def test_redis_killed_degrades_at_once_and_recovers_by_itself(
+        rig: Rig, redis_server: RedisServer) -> None:
+    bucket = Bucket.of(10, 2)
+    assert (await rig.shared.reserve("k", bucket, 0.0)).allowed
+    redis_server.kill()
+    d = await rig.shared.reserve("other", bucket, 1.0)
+    assert rig.shared.degraded and rig.states == [True]
+    # Locally, at the rate divided by the 2 replicas: one every 0.2 s, burst 1.
+    assert d.allowed and d.wait_s == 0.0
+    d2 = await rig.shared.reserve("other", bucket, 1.0)
+    assert 0.15 < d2.wait_s <= 0.2
+    redis_server.start()
+    back_after = await rig.until_state(False)
+    assert rig.states == [True, False]
+    print(f"recovered {back_after:.2f} s after redis-server was up again")
+
+
+async def test_fail_closed_refuses_while_redis_is_away(redis_server: RedisServer) -> None:
+    rig, close = _rig(redis_server, LimiterSpec(on_redis_error="fail_closed", replicas=2))
+    try:
+        redis_server.kill()
+        refused = await rig.shared.reserve("k", Bucket.of(10, 2), 1.0)
+        assert not refused.allowed and refused.retry_after_s == PROBE_S
+        redis_server.start()
+        await rig.until_state(False)
+        assert (await rig.shared.reserve("k", Bucket.of(10, 2), 1.0)).allowed
+    finally:
+        await rig.shared.close()
+        await close()  # type: ignore[misc]
+
+
+async def test_the_fallback_keeps_the_slots_redis_already_gave_out(
+        rig: Rig, redis_server: RedisServer) -> None:
+    bucket = Bucket.of(5, 1)
+    waits = [(await rig.shared.reserve("k", bucket, 2.0)).wait_s for _ in range(6)]
+    assert 0.9 < waits[-1] <= 1.0  # slots handed out up to ~1 s ahead
+    redis_server.kill()
+    local = await rig.shared.reserve("k", bucket, 2.0)
+    # Not before the last shared slot plus one interval: no overlap with the queue.
+    assert local.allowed and 1.0 < local.wait_s <= 1.2
+
+
+async def test_after_the_return_requests_take_the_later_of_both_slots(
+        rig: Rig, redis_server: RedisServer) -> None:
+    bucket = Bucket.of(10, 1)
+    redis_server.kill()
+    await rig.shared.reserve("k", bucket, 1.0)
+    redis_server.start()
+    await rig.until_state(False)
+    # Handover: Redis alone would allow 10/s; the local share (5/s) still applies,
+    # since another replica may still be spending its local share.
+    waits = [(await rig.shared.reserve("k", bucket, 2.0)).wait_s for _ in range(3)]
+    assert waits[1] - waits[0] > 0.15 and waits[2] - waits[1] > 0.15
+
+
+async def test_a_hanging_redis_degrades_within_its_timeout(
+        rig: Rig, redis_server: RedisServer) -> None:
+    bucket = Bucket.of(10, 2)
+    assert (await rig.shared.reserve("k", bucket, 0.0)).allowed
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(5):
+            d = await rig.shared.reserve("k", bucket, 1.0)
+        assert rig.shared.degraded and d.allowed
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    await rig.until_state(False)
+
+
+async def test_a_pause_while_redis_is_away_still_holds_locally(
+        rig: Rig, redis_server: RedisServer) -> None:
+    bucket = Bucket.of(10, 2)
+    redis_server.kill()
+    await rig.shared.pause("k", bucket, 1.0)
+    assert rig.shared.degraded
+    d = await rig.shared.reserve("k", bucket, 2.0)
+    assert 0.9 < d.wait_s <= 1.0
