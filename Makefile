@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 # Debian packages the tests need: installed when missing and we are root,
 # otherwise named so a person can install them.
-SYSTEM_TOOLS := redis-server:redis-server
+SYSTEM_TOOLS := redis-server:redis-server prometheus:prometheus promtool:prometheus
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
@@ -48,6 +48,13 @@ typecheck: $(STAMP)
 
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The gateway next to a bare passthrough (writes bench/RESULTS.md, bench/results.json).
+# Needs wrk as well, installed like the tests' packages; about 6 minutes.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	@$(MAKE) --no-print-directory system-deps SYSTEM_TOOLS="$(SYSTEM_TOOLS) wrk:wrk"
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -75,7 +75,7 @@ class LimiterSpec(_Strict):
     replicas: int = Field(1, ge=1, le=1000)
     # Provider buckets run this fraction below the configured rate: requests reach
     # the provider with network jitter, and a sliding-window limit counts arrivals.
-    headroom: float = Field(0.05, ge=0, le=0.5)
+    headroom: float = Field(0.1, ge=0, le=0.5)
 
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

@@ -45,7 +45,7 @@ from gateway.operations import (
     problem_of,
     view,
 )
-from gateway.opstore_redis import RedisStore
+from gateway.opstore_redis import DegradingStore, RedisStore
 from gateway.redis_conn import REDIS_ERRORS
 from gateway.retry import (
     UNBUDGETED,
@@ -86,9 +86,12 @@ def attempt_span(pc: ProviderClient) -> float:
 
 
 class Executor:
-    def __init__(self, app: web.Application, store: OperationStore, budget: RetryBudget,
-                 gate: GateFactory | None = None) -> None:
-        self.app, self.store, self.budget = app, store, budget
+    """``store`` serves requests (it may degrade to this replica's memory while Redis
+    is away); ``queue`` is where queued work lives and the background runs it."""
+
+    def __init__(self, app: web.Application, store: OperationStore, queue: OperationStore,
+                 budget: RetryBudget, gate: GateFactory | None = None) -> None:
+        self.app, self.store, self.queue, self.budget = app, store, queue, budget
         services = app[SERVICES]
         self.wall, self.rand, self.new_id = services.wall_clock, services.random, services.new_id
         self._gate = gate
@@ -161,7 +164,7 @@ class Executor:
         spec = pc.config.retry
         retry = next_retry(err, spec, rec, self.rand())
         action = "fail" if retry is None else sync_action(
-            retry, spec, rec, remaining - MIN_ATTEMPT_S)
+            retry, spec, rec, remaining - MIN_ATTEMPT_S, pc.config.timeout_s)
         if (action == "retry" and retry is not None and retry.budgeted
                 and not await self.budget.allow(pc.name)):
             action = "fail"  # the budget is spent: failing fast adds no load to an outage
@@ -208,7 +211,8 @@ class Executor:
     async def _final(self, rec: OpRecord, lease: str | None, *, unlock: bool) -> None:
         rec.updated_at = self.wall()
         try:
-            saved = await self.store.save(rec, due=None, lease=lease, unlock=unlock)
+            store = self.store if lease is None else self.queue
+            saved = await store.save(rec, due=None, lease=lease, unlock=unlock)
         except REDIS_ERRORS:
             # The outcome stands (the provider has acted); only its record is missing.
             log.warning("operation %s: could not record %s", rec.id, rec.status)
@@ -239,22 +243,22 @@ class Executor:
     async def _resume(self, rec: OpRecord, lease: str) -> None:
         pc = self.app[RUNTIME].providers.get(rec.plan.provider)
         if rec.final:
-            await self.store.save(rec, due=None, lease=lease)
+            await self.queue.save(rec, due=None, lease=lease)
             return
         if pc is None:
             err = UpstreamUnavailable("the provider is not configured on this replica")
             await self._retry_later(rec, err, lease, None)
             return
-        got = await self.store.begin(rec, attempt_span(pc) + LOCK_MARGIN_S)
+        got = await self.queue.begin(rec, attempt_span(pc) + LOCK_MARGIN_S)
         if got == "superseded":
             rec.status = "superseded"
             await self._final(rec, lease, unlock=False)
         elif got == "busy":
-            await self.store.save(rec, due=self.wall() + BUSY_RETRY_S, lease=lease)
+            await self.queue.save(rec, due=self.wall() + BUSY_RETRY_S, lease=lease)
         elif await self._budget_allows(pc, rec):
             await self._background_attempt(pc, rec, lease)
         else:
-            await self.store.save(rec, due=self.wall() + pc.config.retry.backoff_max_s,
+            await self.queue.save(rec, due=self.wall() + pc.config.retry.backoff_max_s,
                                   lease=lease)
 
     async def _budget_allows(self, pc: ProviderClient, rec: OpRecord) -> bool:
@@ -268,7 +272,7 @@ class Executor:
         try:
             outcome = await self._attempt(pc, rec, deadline)
         except RateLimited as err:  # the gateway's own limiter: not the provider's answer
-            await self.store.save(rec, due=self.wall() + (err.retry_after or 1.0), lease=lease)
+            await self.queue.save(rec, due=self.wall() + (err.retry_after or 1.0), lease=lease)
         except GatewayError as err:
             await self._retry_later(rec, err, lease, pc)
         else:
@@ -286,7 +290,7 @@ class Executor:
             self.app[METRICS].retry(pc.name, retry.reason)
         rec.reason, rec.status, rec.updated_at = retry.reason, "queued", now
         unlock = not isinstance(err, UpstreamTimeout)
-        await self.store.save(rec, due=now + retry.wait_s, lease=lease, unlock=unlock)
+        await self.queue.save(rec, due=now + retry.wait_s, lease=lease, unlock=unlock)
 
 
 def _any_provider(app: web.Application) -> ProviderClient:
@@ -332,7 +336,7 @@ class Worker:
                 return
             self._claims += 1
             token = f"{self.token}:{self._claims}"
-            claimed = await ex.store.claim(ex.wall(), free, ex.lease_s(), token)
+            claimed = await ex.queue.claim(ex.wall(), free, ex.lease_s(), token)
         except REDIS_ERRORS:
             log.warning("operations: Redis unreachable; looking again in %.1f s", self.poll_s)
             return
@@ -348,7 +352,7 @@ class Worker:
             return
         self._gauge_at = now
         ops = ex.app[METRICS].operations
-        ops.set("queued", await ex.store.queued())
+        ops.set("queued", await ex.queue.queued())
         ops.set("running", len(self._tasks))
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
@@ -374,9 +378,12 @@ def setup_operations(app: web.Application, gate: GateFactory | None = None) -> N
     async def operations(app: web.Application) -> AsyncIterator[None]:
         wall = app[SERVICES].wall_clock
         redis = app.get(REDIS)
-        store: OperationStore = MemoryStore(wall) if redis is None else RedisStore(redis)
+        queue: OperationStore = MemoryStore(wall) if redis is None else RedisStore(redis)
+        store: OperationStore = queue
+        if isinstance(queue, RedisStore):
+            store = DegradingStore(queue, MemoryStore(wall))
         budget: RetryBudget = MemoryBudget(wall) if redis is None else RedisBudget(redis, wall)
-        app[EXECUTOR] = executor = Executor(app, store, budget, gate)
+        app[EXECUTOR] = executor = Executor(app, store, queue, budget, gate)
         executor.worker.start()
         yield
         await executor.worker.stop()

@@ -11,7 +11,8 @@ Only answers that the same request would get again are kept. Refusals before
 anything was sent (validation, authorization, the gateway's own limits) and
 failures worth retrying (503, 504) release the key, so the client can repeat
 the request under it. A claim whose request never finishes (a replica killed)
-expires after its provider's deadline and some margin.
+expires after the longest provider deadline and some margin. With Redis
+unreachable, keys first seen then are kept in this replica's memory.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from gateway.errors import (
     RequestInProgress,
     UpstreamAuthFailed,
 )
-from gateway.operations import StoreUnavailable
 from gateway.redis_conn import REDIS_ERRORS
 from gateway.runtime import REDIS, RUNTIME, SERVICES
 
@@ -148,6 +148,35 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+class DegradingIdempotency:
+    """Redis, or this replica's memory for keys first seen while Redis is unreachable.
+
+    As with the limiter and operations, an unreachable Redis degrades: a
+    duplicate sent to the same replica is still caught, one sent to another
+    replica during the outage may reach the provider a second time.
+    """
+
+    def __init__(self, shared: RedisIdempotency, local: MemoryIdempotency) -> None:
+        self.shared, self.local = shared, local
+        self._local: TTLCache[str, bool] = TTLCache(100_000, KEEP_S)
+
+    async def claim(self, scope: str, entry: Entry, ttl_s: float) -> Entry | None:
+        if scope not in self._local:
+            try:
+                return await self.shared.claim(scope, entry, ttl_s)
+            except REDIS_ERRORS:
+                self._local[scope] = True
+        return await self.local.claim(scope, entry, ttl_s)
+
+    async def finish(self, scope: str, entry: Entry, ttl_s: float) -> None:
+        target = self.local if scope in self._local else self.shared
+        await target.finish(scope, entry, ttl_s)
+
+    async def release(self, scope: str, nonce: str) -> None:
+        target = self.local if scope in self._local else self.shared
+        await target.release(scope, nonce)
+
+
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 
 
@@ -203,7 +232,7 @@ async def guarded(request: web.Request, client: str, operation: str, body: BaseM
     store = request.app[IDEMPOTENCY]
     scope = redis_keys.idempotency(client, hashlib.sha256(key.encode()).hexdigest())
     mine = Entry(fingerprint(operation, body), secrets.token_hex(8))
-    existing = await _safe(store.claim(scope, mine, _claim_ttl(request.app)))
+    existing = await store.claim(scope, mine, _claim_ttl(request.app))
     if existing is not None:
         if existing.fingerprint != mine.fingerprint:
             raise IdempotencyConflict(f"this {HEADER} was used with another request")
@@ -220,30 +249,26 @@ async def _run_once(store: IdempotencyStore, scope: str, mine: Entry,
     except GatewayError as err:
         if _kept(err):
             mine.done, mine.status, mine.problem = True, err.status, err.problem()
-            await _safe(store.finish(scope, mine, KEEP_S), quiet=True)
+            await _quietly(store.finish(scope, mine, KEEP_S))
         else:
-            await _safe(store.release(scope, mine.nonce), quiet=True)
+            await _quietly(store.release(scope, mine.nonce))
         raise
     except BaseException:
-        await _safe(store.release(scope, mine.nonce), quiet=True)
+        await _quietly(store.release(scope, mine.nonce))
         raise
     mine.done, mine.status = True, response.status
     mine.headers = {h: response.headers[h] for h in _REPLAYED_HEADERS if h in response.headers}
     mine.body = bytes(response.body).decode() if isinstance(response.body, bytes) else ""
-    await _safe(store.finish(scope, mine, KEEP_S), quiet=True)
+    await _quietly(store.finish(scope, mine, KEEP_S))
     return response
 
 
-async def _safe(aw: Awaitable[Any], *, quiet: bool = False) -> Any:
-    """Redis errors: refuse a new claim (a duplicate could reach the provider); after the
-    work is done, the answer stands and only its replay is lost."""
+async def _quietly(aw: Awaitable[None]) -> None:
+    """After the work is done its answer stands: a Redis error loses only the replay."""
     try:
-        return await aw
+        await aw
     except REDIS_ERRORS:
-        if quiet:
-            return None
-        raise StoreUnavailable("the idempotency store is not answering; retry shortly",
-                               retry_after=1) from None
+        return
 
 
 def setup_idempotency(app: web.Application) -> None:
@@ -251,8 +276,9 @@ def setup_idempotency(app: web.Application) -> None:
 
     async def idempotency(app: web.Application) -> AsyncIterator[None]:
         redis = app.get(REDIS)
-        app[IDEMPOTENCY] = (MemoryIdempotency(app[SERVICES].wall_clock) if redis is None
-                            else RedisIdempotency(redis))
+        local = MemoryIdempotency(app[SERVICES].wall_clock)
+        app[IDEMPOTENCY] = (local if redis is None
+                            else DegradingIdempotency(RedisIdempotency(redis), local))
         yield
 
     app.cleanup_ctx.append(idempotency)

@@ -1,10 +1,13 @@
 """Every metric the gateway exports, built against an injected registry.
 
-Label values come only from closed sets: route templates, canonical error
-codes, configured provider names, upstream operation names, status classes and
-retry reasons. Children are resolved once and kept, so the hot path does a dict
-lookup and an increment. Adapters never import this module: the gateway
-records around them.
+Label values come only from closed sets: route templates (the app's router;
+anything unmatched is ``other``), canonical codes, configured provider names,
+upstream operation names, listed upstream statuses (else their class), retry
+reasons and cache results. A value outside its set is folded into a fixed one
+rather than becoming a new series. Children are resolved once and kept, so the
+hot path does a dict look-up and an increment. Adapters never import this
+module: the gateway records around them. The dashboard and alerts built on
+these names are in ``deploy/grafana`` and ``deploy/prometheus``.
 """
 
 from __future__ import annotations
@@ -86,6 +89,9 @@ class StatusGauge:
 
 
 class Metrics:
+    """The gateway's metric families; ``request``, ``exchange``, ``cache`` and ``retry``
+    record with label guards, other recorders use ``child`` on the families directly."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # The *_created series double the series count for no dashboard's benefit.
         disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -114,8 +120,9 @@ class Metrics:
             "gateway_ratelimit_degraded", "1 while the shared limiter's Redis is unreachable",
             registry=r)
         self.operations = StatusGauge("gateway_operations", "Operations by current status")
-        for status in OPERATION_STATUSES:
-            # Present at 0 from the start, so "queued is growing" has a baseline.
+        for status in ("queued", "running"):
+            # The statuses the executor reports, at 0 from the start: "the queue is
+            # growing" then has a baseline, and the dashboard shows 0, not "no data".
             self.operations.set(status, 0)
         r.register(self.operations)
         self.operations_total = Counter("gateway_operations_total",

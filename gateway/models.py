@@ -6,7 +6,7 @@ OpenAPI document, so the two cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -18,9 +18,17 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+def _one_of(*fields: str) -> dict[str, Any]:
+    # The "exactly one" rule below, written into the published schema too: without
+    # it, {"contact": {}} is schema-valid and clients (and fuzzers) cannot tell.
+    return {"oneOf": [{"required": [f], "properties": {f: {"type": "string"}}}
+                      for f in fields]}
+
+
 class ContactIn(_In):
     """Exactly one of phone, email or id (the provider's own contact id)."""
 
+    model_config = ConfigDict(json_schema_extra=_one_of("phone", "email", "id"))
     phone: str | None = Field(None, min_length=1, max_length=64, examples=["+15551234567"])
     email: str | None = Field(None, min_length=3, max_length=254)
     id: str | None = Field(None, min_length=1, max_length=128)
@@ -36,6 +44,7 @@ class ContactIn(_In):
 class AssigneeIn(_In):
     """Exactly one of email or id (the provider's own user id)."""
 
+    model_config = ConfigDict(json_schema_extra=_one_of("email", "id"))
     email: str | None = Field(None, min_length=3, max_length=254, examples=["jane@acme.com"])
     id: str | None = Field(None, min_length=1, max_length=128)
 

@@ -51,7 +51,7 @@ def _write_op(summary: str, body: type[BaseModel]) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "parameters": [
             {"name": "Idempotency-Key", "in": "header", "required": False,
-             "schema": {"type": "string", "maxLength": 255}},
+             "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
             {"name": "Prefer", "in": "header", "required": False,
              "schema": {"type": "string", "enum": ["respond-async"]}},
         ],

@@ -11,9 +11,12 @@ in :mod:`gateway.opstore_redis`) does four things, each atomically:
 - **accept**: the operation becomes the newest for its (tenant, contact); the
   one it replaces, if queued, is made due at once so it resolves as superseded;
 - **begin**: before every attempt, the per-contact lock is taken, and only if
-  the operation is still the newest for its contact (else: superseded). The
-  lock is held through the attempt, so two attempts on one contact never
-  overlap and an older operation can never be applied after a newer one;
+  no newer operation asks for something else (else: superseded). The lock is
+  held through the attempt, so attempts with different intents on one contact
+  never overlap and an older operation can never be applied after a newer one.
+  Operations with the same *intent* (the same command) share the lock and do
+  not supersede each other: in any order they leave the contact as the newest
+  asks, so a burst of identical requests is not serialized;
 - **claim**: a worker leases due operations (the due time moves past the
   lease); a lease that is never finished (a replica killed mid-attempt)
   expires and the operation is due again for any replica;
@@ -71,6 +74,12 @@ def contact_key(tenant: str, contact: ContactRef) -> str:
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
+def intent_of(p: Plan) -> str:
+    """What an operation asks of its contact (not who asked or which provider does it)."""
+    raw = orjson.dumps([p.operation, dataclasses.asdict(p.command)], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
 def plan_to_dict(p: Plan) -> dict[str, Any]:
     return {"operation": p.operation, "client": p.client, "tenant": p.tenant,
             "provider": p.provider, "command": dataclasses.asdict(p.command),
@@ -107,9 +116,11 @@ class OpRecord:
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     contact: str = field(init=False)
+    intent: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.contact = contact_key(self.plan.tenant, self.plan.command.contact)
+        self.intent = intent_of(self.plan)
         self.updated_at = self.updated_at or self.created_at
 
     @property
@@ -117,7 +128,8 @@ class OpRecord:
         return self.status in FINAL
 
     def dumps(self) -> bytes:
-        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("plan", "contact")}
+        data = {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("plan", "contact", "intent")}
         data["plan"] = plan_to_dict(self.plan)
         return orjson.dumps(data)
 
@@ -155,7 +167,8 @@ class OperationStore(Protocol):
         ...
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
-        """Take the contact lock for one attempt (``hold_s``), if ``rec`` is still newest."""
+        """Hold the contact lock for one attempt (``hold_s``) unless a newer operation with
+        another intent exists (superseded) or one with another intent holds it (busy)."""
         ...
 
     async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
@@ -187,18 +200,29 @@ class MemoryStore:
         self.clock = clock
         self.live: dict[str, OpRecord] = {}
         self.finals: TTLCache[str, OpRecord] = TTLCache(200_000, FINAL_TTL_S, timer=clock)
-        self.latest: TTLCache[str, str] = TTLCache(1_000_000, LATEST_TTL_S, timer=clock)
-        self.locks: dict[str, tuple[str, float]] = {}  # contact -> (op id, expires)
+        # contact -> (newest op id, its intent)
+        self.latest: TTLCache[str, tuple[str, str]] = TTLCache(1_000_000, LATEST_TTL_S,
+                                                               timer=clock)
+        self.locks: dict[str, tuple[str, dict[str, float]]] = {}  # contact -> intent, holders
         self.leases: dict[str, tuple[str, float]] = {}  # op id -> (token, expires)
         self.due: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
 
-    def _held(self, table: dict[str, tuple[str, float]], key: str) -> str | None:
-        entry = table.get(key)
+    def _lease(self, op_id: str) -> str | None:
+        entry = self.leases.get(op_id)
         if entry is None or entry[1] <= self.clock():
-            table.pop(key, None)
+            self.leases.pop(op_id, None)
             return None
         return entry[0]
+
+    def _holders(self, contact: str) -> tuple[str, dict[str, float]] | None:
+        entry = self.locks.pop(contact, None)
+        now = self.clock()
+        live = {} if entry is None else {k: v for k, v in entry[1].items() if v > now}
+        if entry is None or not live:
+            return None
+        self.locks[contact] = (entry[0], live)
+        return self.locks[contact]
 
     def _schedule(self, op_id: str, when: float) -> None:
         self.due[op_id] = when
@@ -206,22 +230,30 @@ class MemoryStore:
 
     async def accept(self, rec: OpRecord, now: float) -> None:
         prev = self.latest.get(rec.contact)
-        self.latest[rec.contact] = rec.id
-        if prev is not None and prev in self.due:
-            self._schedule(prev, now)
+        self.latest[rec.contact] = (rec.id, rec.intent)
+        if prev is not None and prev[1] != rec.intent and prev[0] in self.due:
+            self._schedule(prev[0], now)
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
-        if self.latest.get(rec.contact, rec.id) != rec.id:
+        latest = self.latest.get(rec.contact)
+        if latest is not None and latest[0] != rec.id and latest[1] != rec.intent:
             return "superseded"
-        holder = self._held(self.locks, rec.contact)
-        if holder is not None and holder != rec.id:
+        held = self._holders(rec.contact)
+        if held is not None and held[0] != rec.intent:
             return "busy"
-        self.locks[rec.contact] = (rec.id, self.clock() + hold_s)
+        holders = {} if held is None else held[1]
+        holders[rec.id] = self.clock() + hold_s
+        self.locks[rec.contact] = (rec.intent, holders)
         return "ok"
+
+    def unlock(self, rec: OpRecord) -> None:
+        held = self._holders(rec.contact)
+        if held is not None and held[1].pop(rec.id, None) is not None and not held[1]:
+            del self.locks[rec.contact]
 
     async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
                    unlock: bool = True) -> bool:
-        if lease is not None and self._held(self.leases, rec.id) != lease:
+        if lease is not None and self._lease(rec.id) != lease:
             return False
         stored = rec.copy()
         if rec.final:
@@ -235,15 +267,15 @@ class MemoryStore:
             self._schedule(rec.id, due)
         if lease is not None:
             self.leases.pop(rec.id, None)
-        if unlock and self._held(self.locks, rec.contact) == rec.id:
-            del self.locks[rec.contact]
+        if unlock:
+            self.unlock(rec)
         return True
 
     async def get(self, op_id: str) -> tuple[OpRecord, bool] | None:
         rec = self.live.get(op_id) or self.finals.get(op_id)
         if rec is None:
             return None
-        return rec.copy(), self._held(self.leases, op_id) is not None
+        return rec.copy(), self._lease(op_id) is not None
 
     async def claim(self, now: float, limit: int, lease_s: float, token: str) -> list[OpRecord]:
         out: list[OpRecord] = []
@@ -251,8 +283,7 @@ class MemoryStore:
             when, op_id = heapq.heappop(self._heap)
             if self.due.get(op_id) != when:
                 continue  # a stale heap entry: the operation was rescheduled or finished
-            holder = self._held(self.leases, op_id)
-            if holder is not None:
+            if self._lease(op_id) is not None:
                 self._schedule(op_id, self.leases[op_id][1])
                 continue
             self.leases[op_id] = (token, now + lease_s)

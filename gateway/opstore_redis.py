@@ -3,33 +3,61 @@
 Every key is in the ``{ops}`` hash tag (see :mod:`gateway.redis_keys`), so the
 scripts, which also touch the keys of the operations they find in the due set,
 stay on one slot. See :mod:`gateway.operations` for what each step guarantees.
-Redis errors are not caught here: the executor decides (refuse a request,
-or wait for the next tick).
+Redis errors are not caught by :class:`RedisStore`: :class:`DegradingStore`
+runs a request on this replica's memory instead, and the worker waits for the
+next tick.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
+from cachetools import TTLCache
 from redis.asyncio import Redis
 
 from gateway import redis_keys
-from gateway.operations import FINAL_TTL_S, LATEST_TTL_S, Begin, OpRecord
+from gateway.operations import (
+    FINAL_TTL_S,
+    LATEST_TTL_S,
+    Begin,
+    MemoryStore,
+    OpRecord,
+    StoreUnavailable,
+)
+from gateway.redis_conn import REDIS_ERRORS
 
+log = logging.getLogger("gateway")
+
+# The newest pointer is "<intent>|<op id>"; the contact lock is a sorted set of
+# "<intent>|<op id>" holders scored by expiry (Redis's own clock, the same for
+# every replica): holders must share one intent.
 _ACCEPT = """
 local prev = redis.call('GET', KEYS[1])
 local ttl = math.max(tonumber(ARGV[3]), redis.call('PTTL', KEYS[1]))
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-if prev and prev ~= ARGV[1] then redis.call('ZADD', KEYS[2], 'XX', ARGV[2], prev) end
+redis.call('SET', KEYS[1], ARGV[4] .. '|' .. ARGV[1], 'PX', ttl)
+if prev and string.sub(prev, 1, #ARGV[4] + 1) ~= ARGV[4] .. '|' then
+  local sep = string.find(prev, '|', 1, true)
+  redis.call('ZADD', KEYS[2], 'XX', ARGV[2], string.sub(prev, sep + 1))
+end
 return 1
 """
 
 _BEGIN = """
+local mine = ARGV[1] .. '|'
 local latest = redis.call('GET', KEYS[1])
-if latest and latest ~= ARGV[1] then return 'superseded' end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then return 'busy' end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+if latest and latest ~= mine .. ARGV[2] and string.sub(latest, 1, #mine) ~= mine then
+  return 'superseded'
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, holder in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if string.sub(holder, 1, #mine) ~= mine then return 'busy' end
+end
+local hold = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[2], now + hold, mine .. ARGV[2])
+if redis.call('PTTL', KEYS[2]) < hold then redis.call('PEXPIRE', KEYS[2], hold) end
 return 'ok'
 """
 
@@ -39,7 +67,7 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 if ARGV[4] == '' then redis.call('ZREM', KEYS[2], ARGV[1])
 else redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1]) end
 if ARGV[5] ~= '' then redis.call('DEL', KEYS[3]) end
-if ARGV[6] == '1' and redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+if ARGV[6] ~= '' then redis.call('ZREM', KEYS[4], ARGV[6]) end
 return 1
 """
 
@@ -85,11 +113,12 @@ class RedisStore:
 
     async def accept(self, rec: OpRecord, now: float) -> None:
         keys = [self._latest(rec), redis_keys.operations_due()]
-        await self._accept(keys=keys, args=[rec.id, repr(now), _ms(_latest_ttl(rec, now))])
+        args: list[str | int] = [rec.id, repr(now), _ms(_latest_ttl(rec, now)), rec.intent]
+        await self._accept(keys=keys, args=args)
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
         keys = [self._latest(rec), redis_keys.contact_lock(rec.plan.tenant, rec.contact)]
-        answer = await self._begin(keys=keys, args=[rec.id, _ms(hold_s)])
+        answer = await self._begin(keys=keys, args=[rec.intent, rec.id, _ms(hold_s)])
         text = answer.decode() if isinstance(answer, bytes) else str(answer)
         assert text in ("ok", "busy", "superseded")
         return text  # type: ignore[return-value]
@@ -103,7 +132,7 @@ class RedisStore:
         ttl = FINAL_TTL_S if rec.final else max(rec.give_up_at - rec.updated_at, 0) + FINAL_TTL_S
         args: list[str | bytes | int] = [
             rec.id, rec.dumps(), _ms(ttl), "" if due is None else repr(due),
-            lease or "", "1" if unlock else "0"]
+            lease or "", f"{rec.intent}|{rec.id}" if unlock else ""]
         return bool(await self._save(keys=keys, args=args))
 
     async def get(self, op_id: str) -> tuple[OpRecord, bool] | None:
@@ -129,3 +158,61 @@ def _latest_ttl(rec: OpRecord, now: float) -> float:
     # The pointer must outlive every older operation of the contact that may
     # still be queued; each acceptance only ever lengthens it (see _ACCEPT).
     return max(rec.give_up_at - now + FINAL_TTL_S, LATEST_TTL_S)
+
+
+class DegradingStore:
+    """Redis, or this replica's memory for requests that start while Redis is unreachable.
+
+    Like the rate limiter, an unreachable Redis degrades rather than fails: a
+    request runs with this replica's own ordering and locks. What it cannot do
+    is queue work (a 202 promises durability), so such a request that would be
+    queued is refused with 503 and ``Retry-After`` instead. The background
+    (claims, queued records) stays on Redis and waits for it.
+    """
+
+    durable = True
+
+    def __init__(self, shared: RedisStore, local: MemoryStore) -> None:
+        self.shared, self.local = shared, local
+        self._local_ops: TTLCache[str, bool] = TTLCache(100_000, 3600.0)
+
+    def _degrade(self, rec: OpRecord) -> None:
+        if not self._local_ops:
+            log.warning("operations: Redis unreachable; ordering is per replica for now")
+        self._local_ops[rec.id] = True
+
+    async def accept(self, rec: OpRecord, now: float) -> None:
+        try:
+            await self.shared.accept(rec, now)
+        except REDIS_ERRORS:
+            self._degrade(rec)
+            await self.local.accept(rec, now)
+
+    async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
+        if rec.id not in self._local_ops:
+            try:
+                return await self.shared.begin(rec, hold_s)
+            except REDIS_ERRORS:
+                self._degrade(rec)
+        return await self.local.begin(rec, hold_s)
+
+    async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
+                   unlock: bool = True) -> bool:
+        if rec.id not in self._local_ops:
+            return await self.shared.save(rec, due=due, lease=lease, unlock=unlock)
+        self._local_ops.pop(rec.id, None)
+        if due is not None:
+            self.local.unlock(rec)
+            raise StoreUnavailable("Redis is unreachable: the request cannot be queued; "
+                                   "retry shortly", retry_after=1)
+        return await self.local.save(rec, due=None, lease=lease, unlock=unlock)
+
+    async def get(self, op_id: str) -> tuple[OpRecord, bool] | None:
+        found = await self.local.get(op_id)
+        return found if found is not None else await self.shared.get(op_id)
+
+    async def claim(self, now: float, limit: int, lease_s: float, token: str) -> list[OpRecord]:
+        return await self.shared.claim(now, limit, lease_s, token)
+
+    async def queued(self) -> int:
+        return await self.shared.queued()

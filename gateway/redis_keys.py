@@ -47,7 +47,7 @@ def contact_latest(tenant: str, contact: str) -> str:
 
 
 def contact_lock(tenant: str, contact: str) -> str:
-    """Held by the one operation attempting on a tenant's contact; expires by itself."""
+    """Who is attempting on a tenant's contact (a sorted set by expiry); expires by itself."""
     return f"{PREFIX}op:{{ops}}:lock:{tenant}:{contact}"
 
 

@@ -13,9 +13,9 @@ error, see :mod:`gateway.errors`):
   doubling, capped at ten times the first wait (DESIGN's 30 s up to 300 s).
 
 A wait the provider asked for (449, 429 with ``Retry-After``) is *paced*: when
-it does not fit in what is left of a synchronous deadline the work is queued
-(202) instead of slept on. A backoff that does not fit ends the request with
-the last error.
+it and one more attempt do not fit in what is left of a synchronous deadline,
+the work is queued (202) instead of slept on. A backoff that does not fit ends
+the request with the last error.
 
 :class:`RetryBudget` keeps retries caused by failures (``5xx``, ``timeout``,
 ``connect``, ``429``) to about a tenth of first attempts per provider over a
@@ -109,17 +109,24 @@ def next_retry(err: GatewayError, spec: RetrySpec, state: History, rand: float) 
     return Retry(err.reason, full_jitter(spec, state.failures, rand), paced=False)
 
 
-def sync_action(retry: Retry, spec: RetrySpec, state: History, remaining_s: float) -> Action:
-    """Within a request's deadline: sleep and retry, hand over to the background, or fail."""
-    fits = retry.wait_s < remaining_s
-    if retry.reason == "449":
-        # The provider has the work queued: it is never a failure, only late.
-        return "retry" if fits and state.attempts < spec.max_attempts else "queue"
+def sync_action(retry: Retry, spec: RetrySpec, state: History, remaining_s: float,
+                attempt_s: float) -> Action:
+    """Within a request's deadline: sleep and retry, hand over to the background, or fail.
+
+    A backoff retry takes whatever time is left; a paced one (the provider asked
+    for the wait) is taken only with a whole attempt (``attempt_s``) after it, since
+    the background can do it as well without the deadline's squeeze.
+    """
+    if retry.paced:
+        fits = retry.wait_s + attempt_s <= remaining_s
+        if retry.reason == "449":  # the provider has the work queued: late, never failed
+            return "retry" if fits and state.attempts < spec.max_attempts else "queue"
+        if state.attempts >= spec.max_attempts:
+            return "fail"
+        return "retry" if fits else "queue"
     if state.attempts >= spec.max_attempts:
         return "fail"
-    if fits:
-        return "retry"
-    return "queue" if retry.paced else "fail"
+    return "retry" if retry.wait_s < remaining_s else "fail"
 
 
 def background_action(retry: Retry, now: float, give_up_at: float) -> Action:

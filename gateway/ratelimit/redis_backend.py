@@ -16,6 +16,7 @@ fallback policy handles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from redis.asyncio import Redis
 
@@ -77,6 +78,17 @@ class RedisBackend:
                 await self._redis.ping()
         except REDIS_ERRORS as e:
             raise BackendUnavailable(type(e).__name__) from None
+
+    async def drop_idle_connections(self) -> None:
+        """Close pooled connections left idle through an outage.
+
+        They still look open but lead to the old server: the first command on each
+        would fail and send the limiter back into degraded mode. Closed, they
+        reconnect on their next use.
+        """
+        with contextlib.suppress(*REDIS_ERRORS):
+            async with asyncio.timeout(self._timeout_s):
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
 
     async def _call(self, key: str, op: str, bucket: Bucket, max_wait_us: int,
                     arg_us: int) -> list[int]:

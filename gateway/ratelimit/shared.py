@@ -110,11 +110,20 @@ class SharedBackend:
         return bucket.share(self._policy().replicas)
 
     def _shadow(self, key: str, bucket: Bucket, decision: Decision) -> None:
-        # When the shared bucket next lets a request through at once; nothing local
-        # may go before that, or a fall-back would overlap the slots already given out.
-        next_free_s = decision.reset_s - bucket.tau_us / US
-        if next_free_s > 0:
-            self._local.pause_now(key, self._share(bucket), next_free_s)
+        """Keep the local bucket where a fall-back should start from.
+
+        Not before the shared bucket next lets a request through, or a fall-back
+        would overlap the slots already given out; and not before this replica's
+        own slot plus one local interval, so that replicas which took turns in the
+        shared bucket keep taking turns, instead of all starting at the same moment.
+        """
+        share = self._share(bucket)
+        # A refusal tells as much about the shared bucket as a grant does.
+        start_s = decision.reset_s - bucket.tau_us / US
+        if decision.allowed:
+            start_s = max(start_s, decision.wait_s + (share.interval_us - share.tau_us) / US)
+        if start_s > 0:
+            self._local.pause_now(key, share, start_s)
 
     def _degrade(self, error: BaseException) -> None:
         if not self.degraded:
@@ -135,6 +144,7 @@ class SharedBackend:
                 await self._redis.ping()
             except BackendUnavailable:
                 continue
+            await self._redis.drop_idle_connections()
             self.degraded = False
             self._back_at = self._clock()
             self._on_degraded(False)

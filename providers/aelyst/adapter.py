@@ -27,8 +27,10 @@ class AelystAdapter:
         modes=("replace",),  # a conversation has one assignee
         contact_kinds=("phone", "email", "id"),  # all three go straight into the path
         assignee_kinds=("email", "id"),  # Aelyst takes either in the body: no lookup
-        contact_id_pattern=r"[0-9]{1,18}",  # ids are integers
-        assignee_id_pattern=r"[0-9]{1,18}",
+        # Ids are positive integers (id:123): "0" is no contact and Aelyst answers
+        # 400, and "007" would name contact 7 under another spelling.
+        contact_id_pattern=r"[1-9][0-9]{0,17}",
+        assignee_id_pattern=r"[1-9][0-9]{0,17}",
         notes=(
             "Aelyst answers 449 while a contact is queued; the gateway retries for "
             "minutes and may answer 202 with an operation to poll",

@@ -20,7 +20,8 @@ SPELLINGS = ({"phone": "555.765.4321"}, {"phone": "+1 (555) 765-4321"})
 
 def _config(sbx: dict[str, Sandbox], rate_limit: dict[str, Any] | None = None,
             retry: dict[str, Any] | None = None, **top: Any) -> Any:
-    raw = gateway_config_dict(sbx, **top)
+    # No headroom: the waits below are exact multiples of 1 / rate.
+    raw = gateway_config_dict(sbx, **{"ratelimit": {"headroom": 0}, **top})
     aelyst = raw["providers"]["aelyst-sb"]
     aelyst["rate_limit"] = {**aelyst.get("rate_limit", {}), **(rate_limit or {})}
     aelyst["retry"] = {**aelyst.get("retry", {}), **(retry or {})}
@@ -79,7 +80,7 @@ async def test_a_wait_longer_than_max_wait_is_a_429_with_retry_after(
     resp = await _assign(gw)
     body = await resp.json()
     assert resp.status == 429 and body["code"] == "rate_limited"
-    assert resp.headers["Retry-After"] == "2" and 1.0 < body["retry_after"] <= 1.5
+    assert resp.headers["Retry-After"] == "2" and 1.3 < body["retry_after"] <= 1.5
     assert resp.headers["RateLimit-Remaining"] == "0"
     assert len(await _upstream_times(sandboxes_up["aelyst"])) == 1
     assert _sample(gw, "gateway_ratelimit_rejected_total", scope="path") == 1

@@ -1,0 +1,414 @@
+"""From wrk runs to the bars of the issue, ``results.json`` and ``RESULTS.md``.
+
+Every figure is a median over the rounds. A ratio (gateway / passthrough) is the
+median of the per-round ratios: the systems of one round ran minutes apart at
+most, so a round's pair shares the machine's load of that moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from bench.load import Run
+
+SYSTEMS = ("direct", "passthrough", "gateway", "gateway-redis", "gateway-metrics-off")
+DESCRIBE = {
+    "direct": "wrk straight at the fake upstream: no proxy at all",
+    "passthrough": "bare aiohttp passthrough, one shared session, no parsing (the limit)",
+    "gateway": "the gateway, in-process state (redis_url: null)",
+    "gateway-redis": "the gateway, Redis state (limiter, operations, locks in Redis)",
+    "gateway-metrics-off": "the gateway, in-process, with GATEWAY_METRICS=off",
+}
+
+
+def _median(xs: Iterable[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return statistics.median(vals) if vals else None
+
+
+def progress_line(r: Run) -> str:
+    cpu = "" if r.cpu_us_per_req is None else f" cpu {r.cpu_us_per_req:.0f} us/req"
+    util = "" if r.core_util is None else f" core {r.core_util:.0%}"
+    other = "" if r.core_other_util is None else f" other {r.core_other_util:.0%}"
+    think = f" think {r.think_ms:.0f} ms" if r.think_ms else ""
+    return (f"{r.phase} r{r.round} c{r.connections}{think} {r.system}: {r.rps:.0f} req/s "
+            f"p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms{cpu}{util}{other}"
+            f"{' ERRORS ' + str(r.errors) if r.failed else ''}")
+
+
+# -- aggregation -------------------------------------------------------------------------
+
+
+def summarize(runs: list[Run]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """phase -> system -> connections -> medians (and the rps spread)."""
+    groups: dict[tuple[str, str, int], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.phase, r.system, r.connections), []).append(r)
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for (phase, system, c), rs in sorted(groups.items()):
+        out.setdefault(phase, {}).setdefault(system, {})[str(c)] = {
+            "rounds": len(rs),
+            "rps": _median(r.rps for r in rs),
+            "rps_min": min(r.rps for r in rs), "rps_max": max(r.rps for r in rs),
+            "p50_ms": _median(r.p50_ms for r in rs), "p90_ms": _median(r.p90_ms for r in rs),
+            "p99_ms": _median(r.p99_ms for r in rs), "p999_ms": _median(r.p999_ms for r in rs),
+            "cpu_us_per_req": _median(r.cpu_us_per_req for r in rs),
+            # What one dedicated core would sustain: requests per second of the SUT's CPU.
+            "rps_per_cpu": _median(1e6 / r.cpu_us_per_req for r in rs if r.cpu_us_per_req),
+            "core_util": _median(r.core_util for r in rs),
+            "core_other_util": _median(r.core_other_util for r in rs),
+            "redis_cpu_us_per_req": _median(r.extra_cpu_us_per_req.get("redis") for r in rs),
+            "redis_cmds_per_req": {
+                k: _median(r.redis_cmds_per_req.get(k, 0.0) for r in rs)
+                for k in sorted({k for r in rs for k in r.redis_cmds_per_req})},
+            "errors": sum(r.failed for r in rs), "requests": sum(r.requests for r in rs),
+            "think_ms": rs[0].think_ms,
+        }
+    return out
+
+
+def per_round(runs: list[Run], phase: str, c: int, a: str, b: str,
+              f: Callable[[Run, Run], float | None]) -> float | None:
+    """The median over rounds of f(run of a, run of b), pairing runs of one round."""
+    by = {(r.system, r.round): r for r in runs if r.phase == phase and r.connections == c}
+    rounds = sorted({r.round for r in runs if r.phase == phase})
+    return _median(f(by[(a, n)], by[(b, n)]) for n in rounds if (a, n) in by and (b, n) in by)
+
+
+def _ratio_rps(x: Run, y: Run) -> float:
+    return x.rps / y.rps
+
+
+def _ratio_cpu(x: Run, y: Run) -> float | None:
+    if x.cpu_us_per_req is None or y.cpu_us_per_req is None:
+        return None
+    return x.cpu_us_per_req / y.cpu_us_per_req
+
+
+def _added(field: str) -> Callable[[Run, Run], float]:
+    return lambda x, y: float(getattr(x, field)) - float(getattr(y, field))
+
+
+def _bar(name: str, value: float | None, target: str, ok: Callable[[float], bool],
+         unit: str, why_missing: str = "", aim: str = "", fmt: str = "{:.2f}",
+         detail: str = "") -> dict[str, Any]:
+    if value is None:
+        return {"bar": name, "value": None, "target": target, "result": "not measured",
+                "note": why_missing, "unit": unit}
+    return {"bar": name, "value": value, "shown": fmt.format(value) + unit, "target": target,
+            "aim": aim, "result": "pass" if ok(value) else "falls short", "unit": unit,
+            "detail": detail}
+
+
+def _details(runs: list[Run], args: argparse.Namespace) -> dict[str, str]:
+    """The figures behind each bar, in words, for RESULTS.md."""
+    sm = summarize(runs)
+    top, slow_c = str(max(args.connections)), str(args.slow_connections)
+
+    def v(phase: str, system: str, c: str, key: str, fmt: str = "{:.0f}") -> str:
+        return _f(sm.get(phase, {}).get(system, {}).get(c, {}).get(key), fmt)
+
+    def add(phase: str, system: str, c: int, key: str) -> str:
+        return _f(per_round(runs, phase, c, system, "direct", _added(key)), "{:+.2f}")
+
+    offered = args.slow_connections / args.slow_delay_ms * 1000
+    return {
+        "tput": f"gateway {v('main', 'gateway', top, 'rps')} req/s, passthrough "
+                f"{v('main', 'passthrough', top, 'rps')} req/s",
+        "cpu": f"gateway {v('main', 'gateway', top, 'cpu_us_per_req')} us of CPU per "
+               f"request, passthrough {v('main', 'passthrough', top, 'cpu_us_per_req')} us",
+        "redis": f"gateway-redis {v('main', 'gateway-redis', top, 'rps')} req/s, "
+                 f"{v('main', 'gateway-redis', top, 'cpu_us_per_req')} us of CPU per request "
+                 f"(+ {v('main', 'gateway-redis', top, 'redis_cpu_us_per_req')} us in Redis)",
+        "p50": f"gateway p50 {v('main', 'gateway', '1', 'p50_ms', '{:.3f}')} ms, direct "
+               f"{v('main', 'direct', '1', 'p50_ms', '{:.3f}')} ms; the passthrough alone "
+               f"adds {add('main', 'passthrough', 1, 'p50_ms')} ms",
+        "p99": f"gateway p99 {v('main', 'gateway', '1', 'p99_ms', '{:.3f}')} ms, direct "
+               f"{v('main', 'direct', '1', 'p99_ms', '{:.3f}')} ms; the passthrough alone "
+               f"adds {add('main', 'passthrough', 1, 'p99_ms')} ms",
+        "metrics": f"metrics on {v('main', 'gateway', top, 'rps')} req/s, off "
+                   f"{v('main', 'gateway-metrics-off', top, 'rps')} req/s",
+        "slow": f"gateway p99 {v('slow', 'gateway', slow_c, 'p99_ms')} ms, direct "
+                f"{v('slow', 'direct', slow_c, 'p99_ms')} ms. The passthrough adds "
+                f"{add('slow', 'passthrough', args.slow_connections, 'p99_ms')} ms as well: "
+                f"{slow_c} connections offer {offered:.0f} req/s, more than one core proxies "
+                f"in Python (passthrough {v('slow', 'passthrough', slow_c, 'rps')} req/s, "
+                f"gateway {v('slow', 'gateway', slow_c, 'rps')} req/s), so each system queues "
+                "for its CPU. At a paced load no system is CPU-bound; there the gateway adds "
+                f"{add('slow-paced', 'gateway', args.slow_connections, 'p99_ms')} ms at p99 and "
+                f"the passthrough "
+                f"{add('slow-paced', 'passthrough', args.slow_connections, 'p99_ms')} ms",
+    }
+
+
+def bars(runs: list[Run], meta: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    top, slow_c = max(args.connections), args.slow_connections
+    missing: dict[str, str] = meta.get("not_measured", {})
+    off = missing.get("gateway-metrics-off", "no gateway-metrics-off runs")
+    metrics_cost = per_round(runs, "main", top, "gateway", "gateway-metrics-off",
+                             lambda on, off_: 1 - on.rps / off_.rps)
+    d = _details(runs, args)
+    return [
+        _bar(f"in-process throughput / passthrough ({top} conns)",
+             per_round(runs, "main", top, "gateway", "passthrough", _ratio_rps),
+             ">= 0.80", lambda v: v >= 0.80, "", aim="0.90", detail=d["tput"]),
+        _bar(f"in-process CPU per request / passthrough ({top} conns)",
+             per_round(runs, "main", top, "gateway", "passthrough", _ratio_cpu),
+             "<= 1.25", lambda v: v <= 1.25, "x", detail=d["cpu"]),
+        _bar(f"Redis-mode throughput / passthrough ({top} conns)",
+             per_round(runs, "main", top, "gateway-redis", "passthrough", _ratio_rps),
+             ">= 0.65", lambda v: v >= 0.65, "",
+             why_missing=missing.get("gateway-redis", ""), detail=d["redis"]),
+        _bar("added p50 latency over direct, 1 conn",
+             per_round(runs, "main", 1, "gateway", "direct", _added("p50_ms")),
+             "<= 0.6 ms", lambda v: v <= 0.6, " ms", fmt="{:.3f}", detail=d["p50"]),
+        _bar("added p99 latency over direct, 1 conn",
+             per_round(runs, "main", 1, "gateway", "direct", _added("p99_ms")),
+             "<= 1.5 ms", lambda v: v <= 1.5, " ms", fmt="{:.3f}", detail=d["p99"]),
+        _bar(f"metrics cost (1 - on/off throughput, {top} conns)", metrics_cost,
+             "<= 5%", lambda v: v <= 0.05, "", why_missing=off, fmt="{:.1%}",
+             detail=d["metrics"]),
+        _bar(f"{args.slow_delay_ms:g} ms upstream, {slow_c} conns: gateway p99 - direct p99",
+             per_round(runs, "slow", slow_c, "gateway", "direct", _added("p99_ms")),
+             "<= 2 ms", lambda v: v <= 2.0, " ms", detail=d["slow"]),
+    ]
+
+
+def build(meta: dict[str, Any], runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
+    top, slow_c = max(args.connections), args.slow_connections
+    ratios: dict[str, dict[str, float | None]] = {}
+    for c in args.connections:
+        ratios[str(c)] = {
+            "gateway_rps": per_round(runs, "main", c, "gateway", "passthrough", _ratio_rps),
+            "gateway_redis_rps": per_round(runs, "main", c, "gateway-redis", "passthrough",
+                                           _ratio_rps),
+            "gateway_metrics_off_rps": per_round(runs, "main", c, "gateway-metrics-off",
+                                                 "passthrough", _ratio_rps),
+            "gateway_cpu": per_round(runs, "main", c, "gateway", "passthrough", _ratio_cpu),
+            "gateway_redis_cpu": per_round(runs, "main", c, "gateway-redis", "passthrough",
+                                           _ratio_cpu),
+        }
+    added: dict[str, dict[str, float | None]] = {}
+    for phase, c in (("main", 1), ("slow", slow_c), ("slow-paced", slow_c)):
+        row = added.setdefault(f"{phase}/{c}", {})
+        for s in SYSTEMS[1:]:
+            row[s + "_p50_ms"] = per_round(runs, phase, c, s, "direct", _added("p50_ms"))
+            row[s + "_p99_ms"] = per_round(runs, phase, c, s, "direct", _added("p99_ms"))
+    return {
+        "meta": meta, "bars": bars(runs, meta, args), "summary": summarize(runs),
+        "ratios_vs_passthrough": ratios, "added_latency_vs_direct": added,
+        "top_connections": top, "runs": [r.to_json() for r in runs],
+    }
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def _f(v: float | None, fmt: str = "{:.2f}") -> str:
+    return "n/a" if v is None else fmt.format(v)
+
+
+def bars_text(results: dict[str, Any]) -> str:
+    lines = ["", "Bars (one run; medians over rounds):"]
+    for b in results["bars"]:
+        shown = b.get("shown", "n/a")
+        lines.append(f"  {b['result'].upper():13} {b['bar']}: {shown} (target {b['target']})")
+    return "\n".join(lines)
+
+
+def _system_table(summary: dict[str, Any], phase: str, show_cpu: bool = True) -> list[str]:
+    rows = ["| system | conns | req/s (median) | req/s min-max | p50 ms | p99 ms | "
+            "CPU us/req | req per CPU-s | SUT core busy | other load on SUT core | errors |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for s in SYSTEMS:
+        for c, v in sorted(summary.get(phase, {}).get(s, {}).items(), key=lambda kv: int(kv[0])):
+            cpu = _f(v["cpu_us_per_req"], "{:.0f}") if show_cpu else "-"
+            if v.get("redis_cpu_us_per_req") is not None:
+                cpu += f" (+redis {v['redis_cpu_us_per_req']:.0f})"
+            sut = v["core_util"] is not None  # direct: no system under test
+            rows.append(
+                f"| {s} | {c} | {v['rps']:.0f} | {v['rps_min']:.0f}-{v['rps_max']:.0f} | "
+                f"{v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {cpu if sut else '-'} | "
+                f"{_f(v['rps_per_cpu'], '{:.0f}') if show_cpu and sut else '-'} | "
+                f"{_f(v['core_util'], '{:.0%}') if sut else '-'} | "
+                f"{_f(v['core_other_util'], '{:.0%}') if sut else '-'} | {v['errors']} |")
+    return rows
+
+
+def _slow_notes(slow: dict[str, Any], conns: int, delay_ms: float) -> list[str]:
+    """Whether each system was held by its CPU or by a connection cap (Little's law)."""
+    out = []
+    for name in SYSTEMS[1:]:
+        v = slow.get(name, {}).get(str(conns))
+        if not v:
+            continue
+        inflight = v["rps"] * delay_ms / 1000
+        util = v["core_util"] or 0.0
+        why = ("CPU-bound (its core saturated): the latency is queueing for that core, "
+               "not a pool cap" if util >= 0.85 else
+               "not CPU-bound: something else (a connection cap?) holds it")
+        out.append(f"- {name}: {v['rps']:.0f} req/s x {delay_ms:g} ms = about "
+                   f"{inflight:.0f} requests at the upstream at a time of {conns} possible; "
+                   f"core {util:.0%} busy: {why}.")
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta, summary = results["meta"], results["summary"]
+    s = meta["settings"]
+    short = [b for b in results["bars"] if b["result"] != "pass"]
+    out = [
+        "# Benchmark: the gateway next to a bare aiohttp passthrough",
+        "",
+        f"One run of `make bench`, {meta['date']} (UTC), {meta['elapsed_s']} s.",
+        "",
+        f"Command: `make bench`, which ran `{meta['command']}`",
+        "",
+        "Written by `bench/run.py`; every number below comes from this one run "
+        "(raw per-round figures in `bench/results.json`).",
+        "",
+        "## The bars",
+        "",
+        "| bar | measured | target | result |",
+        "| --- | ---: | --- | --- |",
+    ]
+    for b in results["bars"]:
+        target = b["target"] + (f" (aim {b['aim']})" if b.get("aim") else "")
+        result = {"pass": "pass", "falls short": "**falls short**",
+                  "not measured": "**not measured**"}[b["result"]]
+        out.append(f"| {b['bar']} | {b.get('shown', 'n/a')} | {target} | {result} |")
+    out.append("")
+    if short:
+        out.append("Said plainly:")
+        out.append("")
+        for b in short:
+            if b["result"] == "not measured":
+                out.append(f"- **{b['bar']}** was not measured: {b.get('note') or 'no data'}.")
+            else:
+                out.append(f"- **{b['bar']}** falls short: {b['shown']} against {b['target']} "
+                           f"({b.get('detail', '')}).")
+        out.append("")
+    else:
+        out += ["Every bar is met.", ""]
+    met = [b for b in results["bars"] if b["result"] == "pass"]
+    if met and short:
+        out += ["Met:", ""] + [f"- {b['bar']}: {b['shown']} ({b.get('detail', '')})."
+                                for b in met] + [""]
+    out += ["## Throughput and latency", "",
+            f"Closed loop (each connection sends its next request when the last is answered), "
+            f"{s['duration']:g} s per run, {s['rounds']} rounds; medians over rounds. "
+            "CPU us/req: utime + stime of the system under test (/proc) over the run, divided "
+            "by the requests it answered. *SUT core busy*: its CPU time over wall time (100% "
+            "is saturated). *req per CPU-s*: requests per second of its CPU, what one "
+            "dedicated core would sustain. *Other load*: the rest of that core's busy time "
+            "(other processes on the machine): the run's noise.", ""]
+    others = [r["core_other_util"] for r in results["runs"] if r["phase"] == "main"
+              and r["system"] != "direct" and r["core_other_util"] is not None]
+    noise = _median(others)
+    if noise is not None and noise > 0.10:
+        out += [f"**Noise:** other processes took a median {noise:.0%} (up to {max(others):.0%}) "
+                "of the measured core during these runs, so every req/s figure is lower than "
+                "on a quiet machine and the ratios are noisier; CPU per request and req per "
+                "CPU-s are the steadier figures.", ""]
+    out += _system_table(summary, "main")
+    redis_top = summary.get("main", {}).get("gateway-redis", {}).get(
+        str(results["top_connections"]), {}).get("redis_cmds_per_req")
+    if redis_top:
+        total = sum(redis_top.values())
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in
+                          sorted(redis_top.items(), key=lambda kv: -kv[1]))
+        out += ["", f"Redis commands per request in Redis mode ({results['top_connections']} "
+                f"conns, INFO commandstats, commands run inside scripts included): "
+                f"{total:.1f} ({parts})."]
+    out += ["", "### Ratios to the passthrough (median of per-round ratios)", "",
+            "| conns | gateway req/s | gateway-redis req/s | gateway-metrics-off req/s | "
+            "gateway CPU/req | gateway-redis CPU/req |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c, r in results["ratios_vs_passthrough"].items():
+        out.append(f"| {c} | {_f(r['gateway_rps'])} | {_f(r['gateway_redis_rps'])} | "
+                   f"{_f(r['gateway_metrics_off_rps'])} | {_f(r['gateway_cpu'])} | "
+                   f"{_f(r['gateway_redis_cpu'])} |")
+    out += ["", "### Added latency over a direct call, one connection (ms)", "",
+            "| system | p50 | p99 |", "| --- | ---: | ---: |"]
+    a1 = results["added_latency_vs_direct"]["main/1"]
+    for sname in SYSTEMS[1:]:
+        if a1.get(sname + "_p50_ms") is not None:
+            out.append(f"| {sname} | {_f(a1[sname + '_p50_ms'], '{:+.3f}')} | "
+                       f"{_f(a1[sname + '_p99_ms'], '{:+.3f}')} |")
+    slow_c = s["slow_connections"]
+    paced = meta.get("paced_rps")
+    out += ["", f"## Slow upstream: {s['slow_delay_ms']:g} ms per answer, {slow_c} connections",
+            "",
+            "Closed loop: every connection always has a request out, so the offered load is "
+            f"{slow_c} / {s['slow_delay_ms']:g} ms = {slow_c / s['slow_delay_ms'] * 1000:.0f} "
+            "req/s. A pool cap shows as throughput stuck at cap / delay; a CPU-bound system "
+            "shows as latency of about connections / throughput.", ""]
+    out += _system_table(summary, "slow")
+    out += ["", *_slow_notes(summary.get("slow", {}), slow_c, s["slow_delay_ms"])]
+    think = summary.get("slow-paced", {}).get("direct", {}).get(str(slow_c), {}).get("think_ms")
+    out += ["", f"Paced: the same {slow_c} connections, each waiting a random think time "
+            f"(mean {_f(think, '{:.0f}')} ms) "
+            f"before each request, for about {_f(paced, '{:.0f}')} req/s offered (half the "
+            "in-process gateway's saturated throughput unless `--paced-rps` is given): no "
+            "system is CPU-bound, so p99 shows what concurrency itself costs.", ""]
+    out += _system_table(summary, "slow-paced")
+    out += ["", "| run | system | p50 - direct (ms) | p99 - direct (ms) |",
+            "| --- | --- | ---: | ---: |"]
+    for key in (f"slow/{slow_c}", f"slow-paced/{slow_c}"):
+        a = results["added_latency_vs_direct"].get(key, {})
+        for sname in SYSTEMS[1:]:
+            if a.get(sname + "_p50_ms") is not None:
+                out.append(f"| {key.split('/')[0]} | {sname} | "
+                           f"{_f(a[sname + '_p50_ms'], '{:+.2f}')} | "
+                           f"{_f(a[sname + '_p99_ms'], '{:+.2f}')} |")
+    out += ["", "## Setup", ""]
+    for sname in SYSTEMS:
+        out.append(f"- **{sname}**: {DESCRIBE[sname]}.")
+    cores = meta.get("cores")
+    out += [
+        "",
+        f"- Pinning: systems under test on core {cores[0]}; the fake upstreams, redis-server, "
+        f"wrk and the harness on core {cores[1]} (`taskset`)." if cores else
+        "- Pinning: none (fewer than 2 cores).",
+        "- Fake upstream: raw asyncio protocol on uvloop answering every POST with Aelyst's "
+        "documented success body `{\"contactId\": <id>}` (keep-alive, Content-Length). "
+        "The gateway calls it as an `aelyst` provider: contact by id, assignee by id, no "
+        "look-ups.",
+        "- Request: `POST /v1/assign` `{\"tenant\":\"bench\",\"contact\":{\"id\":\"<n>\"},"
+        "\"assignee\":{\"id\":\"17\"},\"mode\":\"replace\"}` with a client key; the contact id "
+        "cycles over 4096 values per wrk thread, so no two requests in flight share a contact "
+        "(the gateway orders work per contact by design; one contact for every connection "
+        "would measure that lock). direct and passthrough get the same body and headers.",
+        "- Limiter on but never refusing: the client and the provider (scope account) each "
+        "have a bucket of 1,000,000 req/s, burst 1,000,000; every request spends both.",
+        "- The gateway runs as `gateway serve --config <generated>`, its own logging "
+        "unchanged (one access line per request to its log file).",
+        f"- wrk: 1 thread, `--timeout 10s`, script `bench/assign.lua`; warm-up "
+        f"{s['warmup']:g} s per system before the rounds; systems interleaved round by "
+        "round, their order rotated each round.",
+        f"- Metrics off: the harness sets `{meta['metrics_knob']}` in the environment of "
+        "one gateway; a run counts only if that gateway's `/metrics` then does not count "
+        "the requests in `gateway_requests_total`.",
+        f"- Machine load: load average {' '.join(meta['loadavg_start'])} at the start, "
+        f"{' '.join(meta['loadavg_end'])} at the end. The machine is shared with other "
+        "work; the *other load* column says how much of it reached the measured core.",
+        "- Hot spots: `.venv/bin/python -m bench.profile [--redis]` runs the same gateway "
+        "under wrk with py-spy (`pip install py-spy`) and prints where its CPU goes.",
+        f"- Niceness of every process the harness starts: {s['nice']} (`--nice`).",
+        f"- Source: HEAD {meta['source']['head'][:12]}, gateway/ + providers/ digest "
+        f"{meta['source']['source_sha256']} (the working tree as measured).",
+        "",
+        "Versions:",
+        "",
+    ]
+    for k, v in meta["versions"].items():
+        out.append(f"- {k}: {v}")
+    if meta.get("not_measured"):
+        out += ["", "Not measured:", ""]
+        for k, v in meta["not_measured"].items():
+            out.append(f"- {k}: {v.splitlines()[0]}")
+    out.append("")
+    return "\n".join(out)
