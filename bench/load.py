@@ -52,6 +52,10 @@ class Run:
     extra_cpu_us_per_req: dict[str, float]
     think_ms: float = 0.0
     redis_cmds_per_req: dict[str, float] = field(default_factory=dict)
+    # TCP handshakes the kernel dropped because a listen queue was full (machine-wide
+    # counter, so other work on the machine may add to it): a server that accepts too
+    # slowly or with too small a backlog; each drop costs the client 1 s or more.
+    listen_drops: int = 0
 
     @property
     def failed(self) -> int:
@@ -72,6 +76,16 @@ def redis_calls(port: int) -> dict[str, int]:
     finally:
         client.close()
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def listen_drops() -> int:
+    """TcpExt ListenDrops since boot (/proc/net/netstat)."""
+    lines = [ln.split() for ln in Path("/proc/net/netstat").read_text().splitlines()
+             if ln.startswith("TcpExt:")]
+    if len(lines) < 2:
+        return 0
+    values = dict(zip(lines[0][1:], lines[1][1:], strict=False))
+    return int(values.get("ListenDrops", 0))
 
 
 def core_busy_s(core: str) -> float:
@@ -95,6 +109,7 @@ def wrk(target: Target, *, connections: int, duration_s: float, phase: str, roun
     pids.update(target.extra_pids)
     calls0 = redis_calls(target.redis_port) if target.redis_port else {}
     busy0 = core_busy_s(sut_core) if sut_core is not None else None
+    drops0 = listen_drops()
     before = {k: cpu_seconds(p) for k, p in pids.items()}
     t0 = time.monotonic()
     proc = procs.popen(cmd, sut=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -109,6 +124,7 @@ def wrk(target: Target, *, connections: int, duration_s: float, phase: str, roun
     after = {k: cpu_seconds(p) for k, p in pids.items()}
     busy = None if busy0 is None or sut_core is None else core_busy_s(sut_core) - busy0
     calls1 = redis_calls(target.redis_port) if target.redis_port else {}
+    drops = listen_drops() - drops0
     line = next((ln for ln in stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {stdout[-500:]} {stderr[-500:]}")
@@ -130,6 +146,7 @@ def wrk(target: Target, *, connections: int, duration_s: float, phase: str, roun
         core_other_util=None if busy is None else max(0.0, busy - (sut_cpu or 0.0)) / wall,
         extra_cpu_us_per_req={k: v for k, v in per_req.items() if k != "sut"},
         think_ms=think_ms,
+        listen_drops=drops,
         redis_cmds_per_req={
             k: (v - calls0.get(k, 0) - (1 if k == "info" else 0)) / requests
             for k, v in sorted(calls1.items())

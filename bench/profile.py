@@ -2,6 +2,7 @@
 
     .venv/bin/pip install py-spy      # a tool for this, not a dependency of the project
     .venv/bin/python -m bench.profile [--redis] [--seconds 20] [--connections 64]
+    .venv/bin/python -m bench.profile --gc [--slow --connections 256]   # GC pauses, no py-spy
 
 Starts the fake upstream (and redis-server with ``--redis``) and one gateway,
 pinned as in :mod:`bench.run`, warms up, then samples the gateway with
@@ -26,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from bench.load import Target, wrk
-from bench.procs import Procs, exit_on_sigterm, free_port, wait_http_ok, wait_port
+from bench.procs import Proc, Procs, exit_on_sigterm, free_port, wait_http_ok, wait_port
 from bench.run import ROOT, check_assign, gateway_config, pinning
 
 
@@ -76,16 +77,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--redis", action="store_true", help="the gateway in Redis mode")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--slow", action="store_true", help="against the 20 ms upstream")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--out", type=Path, default=None, help="where to keep the collapsed stacks")
     p.add_argument("--lines", action="store_true", help="by line, not by function")
     p.add_argument("--nonblocking", action="store_true",
                    help="sample without pausing the gateway (less overhead, torn stacks)")
+    p.add_argument("--gc", action="store_true",
+                   help="no py-spy: record the gateway's garbage-collector pauses instead "
+                        "(bench.gcwatch) next to wrk's latencies")
     p.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0)
     args = p.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(spy).exists():
+    if not args.gc and not Path(spy).exists():
         print("py-spy is not installed: .venv/bin/pip install py-spy", file=sys.stderr)
         return 2
     exit_on_sigterm()
@@ -95,49 +100,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gateway-profile-"))
     procs = Procs(workdir, cores, nice=args.nice)
     try:
-        up, slow = free_port(), free_port()
-        for port in (up, slow):
-            wait_port(port, procs.start(f"upstream-{port}", [
-                sys.executable, "-m", "bench.upstream", "--port", str(port)], sut=False))
-        redis_url = None
-        if args.redis:
-            rport = free_port()
-            r = procs.start("redis", ["redis-server", "--port", str(rport), "--bind",
-                                      "127.0.0.1", "--save", "", "--appendonly", "no"], sut=False)
-            wait_port(rport, r)
-            redis_url = f"redis://127.0.0.1:{rport}/0"
-        port = free_port()
-        cfg = workdir / "gateway.yaml"
-        cfg.write_text(yaml.safe_dump(gateway_config(port, up, slow, redis_url)))
-        gw = procs.start("gateway", [sys.executable, "-m", "gateway.cli", "serve", "--config",
-                                     str(cfg)], sut=True)
-        wait_http_ok(f"http://127.0.0.1:{port}/readyz", gw)
-        url = f"http://127.0.0.1:{port}/v1/assign"
-        check_assign(url, "bench")
-        target = Target("gateway", url, pid=gw.pid)
-
+        gw, target = _start(args, procs, workdir)
+        sut_core = cores[0] if cores else None
         warm = wrk(target, connections=args.connections, duration_s=3, phase="warmup",
-                   round_=0, procs=procs, sut_core=cores[0] if cores else None)
+                   round_=0, procs=procs, sut_core=sut_core)
         print(f"warm-up: {warm.rps:.0f} req/s, {warm.cpu_us_per_req or 0:.0f} us CPU/req")
-        collapsed = args.out or workdir / "collapsed.txt"
-        spy_proc = subprocess.Popen(
-            [spy, "record", "--pid", str(gw.pid), "--rate", str(args.rate), "--duration",
-             f"{args.seconds + 1:.0f}", "--format", "raw", "--output", str(collapsed),
-             *(["--nonblocking"] if args.nonblocking else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(1.0)
-        run = wrk(target, connections=args.connections, duration_s=args.seconds,
-                  phase="profile", round_=1, procs=procs, sut_core=cores[0] if cores else None)
-        _, err = spy_proc.communicate(timeout=args.seconds + 30)
-        if spy_proc.returncode != 0:
-            print(f"py-spy failed: {err.decode(errors='replace')[-800:]}", file=sys.stderr)
-            return 1
-        print(f"under py-spy: {run.rps:.0f} req/s, {run.cpu_us_per_req or 0:.0f} us CPU/req, "
-              f"core busy {run.core_util or 0:.0%}, other load {run.core_other_util or 0:.0%}")
-        print(summarize(collapsed, args.top, args.lines))
-        print(f"\ncollapsed stacks: {collapsed}")
+        if args.gc:
+            run = wrk(target, connections=args.connections, duration_s=args.seconds,
+                      phase="gc", round_=1, procs=procs, sut_core=sut_core)
+            procs.stop(gw)
+            print(f"{run.rps:.0f} req/s, p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, "
+                  f"max {run.max_ms:.1f} ms; the gateway's collections since it started "
+                  f"(warm-up included):\n{(workdir / 'gc.json').read_text()}")
+            return 0
+        return _spy(args, spy, gw, target, procs, sut_core)
     finally:
         procs.stop_all()
+
+
+def _start(args: argparse.Namespace, procs: Procs, workdir: Path) -> tuple[Proc, Target]:
+    up, slow = free_port(), free_port()
+    for port, delay in ((up, "0"), (slow, "20")):
+        wait_port(port, procs.start(f"upstream-{port}", [
+            sys.executable, "-m", "bench.upstream", "--port", str(port), "--delay-ms", delay],
+            sut=False))
+    redis_url = None
+    if args.redis:
+        rport = free_port()
+        r = procs.start("redis", ["redis-server", "--port", str(rport), "--bind",
+                                  "127.0.0.1", "--save", "", "--appendonly", "no"], sut=False)
+        wait_port(rport, r)
+        redis_url = f"redis://127.0.0.1:{rport}/0"
+    port = free_port()
+    cfg = workdir / "gateway.yaml"
+    cfg.write_text(yaml.safe_dump(gateway_config(port, up, slow, redis_url)))
+    module = "bench.gcwatch" if args.gc else "gateway.cli"
+    gw = procs.start("gateway", [sys.executable, "-m", module, "serve", "--config", str(cfg)],
+                     sut=True, env={"GCWATCH_OUT": str(workdir / "gc.json")})
+    wait_http_ok(f"http://127.0.0.1:{port}/readyz", gw)
+    url = f"http://127.0.0.1:{port}/v1/assign"
+    tenant = "bench-slow" if args.slow else "bench"
+    check_assign(url, tenant)
+    return gw, Target("gateway", url, tenant=tenant, pid=gw.pid)
+
+
+def _spy(args: argparse.Namespace, spy: str, gw: Proc, target: Target, procs: Procs,
+         sut_core: str | None) -> int:
+    collapsed = args.out or procs.workdir / "collapsed.txt"
+    spy_proc = subprocess.Popen(
+        [spy, "record", "--pid", str(gw.pid), "--rate", str(args.rate), "--duration",
+         f"{args.seconds + 1:.0f}", "--format", "raw", "--output", str(collapsed),
+         *(["--nonblocking"] if args.nonblocking else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    run = wrk(target, connections=args.connections, duration_s=args.seconds,
+              phase="profile", round_=1, procs=procs, sut_core=sut_core)
+    _, err = spy_proc.communicate(timeout=args.seconds + 30)
+    if spy_proc.returncode != 0:
+        print(f"py-spy failed: {err.decode(errors='replace')[-800:]}", file=sys.stderr)
+        return 1
+    print(f"under py-spy: {run.rps:.0f} req/s, {run.cpu_us_per_req or 0:.0f} us CPU/req, "
+          f"core busy {run.core_util or 0:.0%}, other load {run.core_other_util or 0:.0%}")
+    print(summarize(collapsed, args.top, args.lines))
+    print(f"\ncollapsed stacks: {collapsed}")
     return 0
 
 

@@ -65,6 +65,7 @@ def summarize(runs: list[Run]) -> dict[str, dict[str, dict[str, dict[str, Any]]]
                 k: _median(r.redis_cmds_per_req.get(k, 0.0) for r in rs)
                 for k in sorted({k for r in rs for k in r.redis_cmds_per_req})},
             "errors": sum(r.failed for r in rs), "requests": sum(r.requests for r in rs),
+            "listen_drops": sum(r.listen_drops for r in rs),
             "think_ms": rs[0].think_ms,
         }
     return out
@@ -140,7 +141,10 @@ def _details(runs: list[Run], args: argparse.Namespace) -> dict[str, str]:
                 "for its CPU. At a paced load no system is CPU-bound; there the gateway adds "
                 f"{add('slow-paced', 'gateway', args.slow_connections, 'p99_ms')} ms at p99 and "
                 f"the passthrough "
-                f"{add('slow-paced', 'passthrough', args.slow_connections, 'p99_ms')} ms",
+                f"{add('slow-paced', 'passthrough', args.slow_connections, 'p99_ms')} ms. "
+                f"Handshakes dropped at a full listen queue during the gateway's runs: "
+                f"{v('slow', 'gateway', slow_c, 'listen_drops')} (passthrough's: "
+                f"{v('slow', 'passthrough', slow_c, 'listen_drops')})",
     }
 
 
@@ -250,9 +254,14 @@ def _slow_notes(slow: dict[str, Any], conns: int, delay_ms: float) -> list[str]:
         why = ("CPU-bound (its core saturated): the latency is queueing for that core, "
                "not a pool cap" if util >= 0.85 else
                "not CPU-bound: something else (a connection cap?) holds it")
+        drops = v.get("listen_drops", 0)
+        dropped = (f" The kernel dropped {drops} handshakes at a full listen queue during "
+                   f"its {v['rounds']} runs: connections it accepted too late, each costing "
+                   "its client a SYN retransmit (1 s, then 3 s, ...), which is the far tail."
+                   if drops else " No handshake was dropped at its listen queue.")
         out.append(f"- {name}: {v['rps']:.0f} req/s x {delay_ms:g} ms = about "
                    f"{inflight:.0f} requests at the upstream at a time of {conns} possible; "
-                   f"core {util:.0%} busy: {why}.")
+                   f"core {util:.0%} busy: {why}.{dropped}")
     return out
 
 
@@ -351,9 +360,10 @@ def markdown(results: dict[str, Any]) -> str:
     think = summary.get("slow-paced", {}).get("direct", {}).get(str(slow_c), {}).get("think_ms")
     out += ["", f"Paced: the same {slow_c} connections, each waiting a random think time "
             f"(mean {_f(think, '{:.0f}')} ms) "
-            f"before each request, for about {_f(paced, '{:.0f}')} req/s offered (half the "
-            "in-process gateway's saturated throughput unless `--paced-rps` is given): no "
-            "system is CPU-bound, so p99 shows what concurrency itself costs.", ""]
+            f"before each request, for about {_f(paced, '{:.0f}')} req/s offered (a quarter of "
+            "the in-process gateway's saturated throughput unless `--paced-rps` is given): "
+            "the systems have CPU to spare, so p99 shows what concurrency itself costs "
+            "(and, where *other load* is high, the machine's noise).", ""]
     out += _system_table(summary, "slow-paced")
     out += ["", "| run | system | p50 - direct (ms) | p99 - direct (ms) |",
             "| --- | --- | ---: | ---: |"]

@@ -231,14 +231,15 @@ def measure(b: Bench, args: argparse.Namespace, cores: tuple[str, str] | None,
 
 
 def paced_think_ms(args: argparse.Namespace, runs: list[Run]) -> float:
-    """Think time giving about ``--paced-rps`` at ``--slow-connections``: by default half
-    the in-process gateway's saturated throughput, so no system is CPU-bound."""
+    """Think time giving about ``--paced-rps`` at ``--slow-connections``: by default a
+    quarter of the in-process gateway's saturated throughput, so no system is CPU-bound
+    (a request costs more CPU at low load, where there is no batching, than saturated)."""
     rate = args.paced_rps
     if not rate:
         top = max(args.connections)
         seen = sorted(r.rps for r in runs
                       if r.system == "gateway" and r.phase == "main" and r.connections == top)
-        rate = 0.5 * seen[len(seen) // 2] if seen else 500.0
+        rate = 0.25 * seen[len(seen) // 2] if seen else 200.0
     args.paced_rps_used = rate
     return max(0.0, float(args.slow_connections / rate * 1000 - args.slow_delay_ms))
 
@@ -306,7 +307,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--slow-connections", type=int, default=256)
     p.add_argument("--slow-delay-ms", type=float, default=20.0)
     p.add_argument("--paced-rps", type=float, default=0.0,
-                   help="offered load of the paced slow run (0: half the gateway's capacity)")
+                   help="offered load of the paced slow run (0: a quarter of the gateway's "
+                        "saturated throughput)")
     p.add_argument("--skip-redis", action="store_true")
     p.add_argument("--skip-metrics-off", action="store_true")
     p.add_argument("--start-attempts", type=int, default=4)

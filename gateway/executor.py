@@ -192,7 +192,8 @@ class Executor:
         # After a timeout the lock is left to expire (see _fail).
         await self._guard(self.store.save(rec, due=due, unlock=rec.reason != "timeout"))
         self._count("queued")
-        self.worker.wake()
+        if due <= rec.updated_at:
+            self.worker.wake()  # due now: no need to wait for the next poll
         return Queued(operation_id=rec.id)
 
     async def _succeed(self, pc: ProviderClient, rec: OpRecord, outcome: Outcome,
@@ -385,6 +386,8 @@ def setup_operations(app: web.Application, gate: GateFactory | None = None) -> N
         budget: RetryBudget = MemoryBudget(wall) if redis is None else RedisBudget(redis, wall)
         app[EXECUTOR] = executor = Executor(app, store, queue, budget, gate)
         executor.worker.start()
+        log.info("operations: worker %s started, %s", executor.worker.token,
+                 "in Redis" if redis is not None else "in this process only (not durable)")
         yield
         await executor.worker.stop()
 

@@ -29,6 +29,10 @@ from gateway.errors import (
 from gateway.runtime import CLIENT_NAME, METRICS, REQUEST_ID
 
 MAX_BODY = 16 * 1024
+#: A body must arrive within this long once it is being read: a client that
+#: drips its body a byte at a time (slow-loris) would otherwise hold the
+#: request, its task and its connection for as long as it likes.
+BODY_TIMEOUT_S = 10.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 M = TypeVar("M", bound=BaseModel)
 
@@ -124,7 +128,11 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise UnsupportedMediaType("send Content-Type: application/json")
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            raw = await request.read()
+    except TimeoutError:
+        raise InvalidRequest(f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -137,7 +145,12 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise InvalidRequest("the body does not match the API", errors=_field_errors(e)) from None
 
 
+#: The most field errors one answer lists: a 16 KiB body of unknown keys would
+#: otherwise come back as a 90 KiB answer naming each of them.
+MAX_FIELD_ERRORS = 20
+
+
 def _field_errors(err: ValidationError) -> list[dict[str, str]]:
     # Only locations and messages: the rejected input is never echoed back.
     return [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
-            for e in err.errors(include_url=False)]
+            for e in err.errors(include_url=False)[:MAX_FIELD_ERRORS]]

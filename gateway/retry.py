@@ -189,7 +189,7 @@ for i = 1, #all, 2 do
   else retries = retries + tonumber(all[i + 1]) end
 end
 if ARGV[3] == 'first' then
-  redis.call('HINCRBY', KEYS[1], 'f:' .. now, 1)
+  redis.call('HINCRBY', KEYS[1], 'f:' .. now, tonumber(ARGV[6]))
 elseif retries >= math.max(tonumber(ARGV[5]), firsts * tonumber(ARGV[4])) then
   return 0
 else
@@ -201,23 +201,36 @@ return 1
 
 
 class RedisBudget:
-    """The budget shared by every replica; falls back to this replica's own when Redis fails."""
+    """The budget shared by every replica; falls back to this replica's own when Redis fails.
+
+    First attempts are counted locally and added to Redis at most once a second,
+    so a request pays no Redis round trip for them; retries are decided in Redis.
+    """
+
+    FLUSH_S = 1.0
 
     def __init__(self, redis: Redis, clock: Callable[[], float], *, ratio: float = 0.1,
                  floor: int = 10, window_s: int = 10) -> None:
         self.clock, self.ratio, self.floor, self.window_s = clock, ratio, floor, window_s
         self._script = redis.register_script(_BUDGET_LUA)
         self.local = MemoryBudget(clock, ratio=ratio, floor=floor, window_s=window_s)
+        self._pending: dict[str, int] = {}
+        self._flushed: dict[str, float] = {}
 
-    async def _call(self, provider: str, kind: str) -> bool:
+    async def _call(self, provider: str, kind: str, count: int = 1) -> bool:
         args: list[str | float] = [math.floor(self.clock()), self.window_s, kind, self.ratio,
-                                   self.floor]
+                                   self.floor, count]
         return bool(await self._script(keys=[redis_keys.retry_budget(provider)], args=args))
 
     async def first(self, provider: str) -> None:
         await self.local.first(provider)
+        self._pending[provider] = self._pending.get(provider, 0) + 1
+        now = self.clock()
+        if now - self._flushed.get(provider, float("-inf")) < self.FLUSH_S:
+            return
+        count, self._flushed[provider] = self._pending.pop(provider), now
         try:
-            await self._call(provider, "first")
+            await self._call(provider, "first", count)
         except REDIS_ERRORS:
             log.warning("retry budget: Redis unreachable, counting locally")
 

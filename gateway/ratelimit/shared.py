@@ -2,21 +2,25 @@
 
 Three states:
 
-- **normal**: every decision is made by the Redis script. Each answer is also
-  copied into this replica's local bucket (its *shadow*), so that if Redis goes
-  away the local bucket does not admit anything before the shared bucket would
-  have: the slots already handed out keep their place.
-- **degraded** (a Redis call failed or timed out): ``ratelimit.on_redis_error``
-  decides. ``fail_closed`` refuses every request (429, Retry-After); ``local``
-  decides in this process at the bucket's rate divided by ``ratelimit.replicas``,
-  so the replicas together stay within the one real limit. A background probe
-  pings Redis every ``probe_interval_s``; ``gateway_ratelimit_degraded`` is 1
-  meanwhile.
+- **normal**: every decision is made by the Redis script. Each answer also
+  moves this replica's local bucket (its *shadow*, see :meth:`SharedBackend._shadow`),
+  so that if Redis goes away the slots already handed out keep their place and
+  replicas that took turns in Redis keep taking turns without it.
+- **degraded** (a Redis call or the watch's ping failed or timed out):
+  ``ratelimit.on_redis_error`` decides. ``fail_closed`` refuses every request
+  (429, Retry-After); ``local`` decides in this process at the bucket's rate
+  divided by ``ratelimit.replicas``, so the replicas together stay within the one
+  real limit. ``gateway_ratelimit_degraded`` is 1 meanwhile.
 - **handover** (Redis is back): for ``probe_interval_s + max_wait`` every request
   needs both a local slot and a Redis slot, and waits for the later one. Another
   replica may not have noticed the return yet and still spends its local share,
   and local slots handed out before the return are still to be used; both are
   over once that span has passed.
+
+A watch pings Redis every ``probe_interval_s`` in every state, so a replica
+notices an outage (and the return) even while all its requests are asleep in
+reservations. It runs in rounds, bounded in number; a decision starts a new
+round when the last one ended (an idle replica stops pinging).
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from gateway.ratelimit.redis_backend import BackendUnavailable, RedisBackend
 
 log = logging.getLogger("gateway")
 
-#: Probe rounds per probe task; a decision starts a new task if Redis is still away.
-_PROBE_ROUNDS = 120
+#: Pings per watch task; the next decision starts a new task once these are done.
+_WATCH_ROUNDS = 240
 
 
 class Backend(Protocol):
@@ -58,18 +62,18 @@ class SharedBackend:
 
     def __init__(self, redis: RedisBackend, local: MemoryBackend,
                  policy: Callable[[], LimiterSpec], on_degraded: Callable[[bool], None],
-                 clock: Clock, *, probe_interval_s: float = 0.5) -> None:
+                 clock: Clock, *, probe_interval_s: float = 0.25) -> None:
         self._redis, self._local, self._policy = redis, local, policy
         self._on_degraded, self._clock = on_degraded, clock
         self.probe_interval_s = probe_interval_s
         self.degraded = False
         self._back_at = -float("inf")  # when Redis last came back
-        self._probe: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     async def reserve(self, key: str, bucket: Bucket, max_wait_s: float,
                       floor_s: float = 0.0) -> Decision:
+        self._ensure_watch()
         if self.degraded:
-            self._ensure_probe()
             return self._fallback(key, bucket, max_wait_s, floor_s)
         handover = (self._clock() - self._back_at < self.probe_interval_s + max_wait_s
                     and self._policy().on_redis_error == "local")
@@ -78,6 +82,7 @@ class SharedBackend:
             local = self._local.reserve_now(key, self._share(bucket), max_wait_s, floor_s)
             if not local.allowed:
                 return local
+            # Redis may still refuse; the local slot then stays spent (the safe side).
             floor_s = local.wait_s
         try:
             decision = await self._redis.reserve(key, bucket, max_wait_s, floor_s)
@@ -91,6 +96,7 @@ class SharedBackend:
     async def pause(self, key: str, bucket: Bucket, seconds: float) -> None:
         # Locally too: should Redis go away, the fallback bucket still holds the pause.
         self._local.pause_now(key, self._share(bucket), seconds)
+        self._ensure_watch()
         if self.degraded:
             return
         try:
@@ -131,27 +137,30 @@ class SharedBackend:
             self._on_degraded(True)
             log.warning("rate limiter: Redis unavailable (%s); policy %s", error,
                         self._policy().on_redis_error)
-        self._ensure_probe()
 
-    def _ensure_probe(self) -> None:
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.get_running_loop().create_task(self._probe_rounds())
+    def _recover(self) -> None:
+        self.degraded = False
+        self._back_at = self._clock()
+        self._on_degraded(False)
+        log.warning("rate limiter: Redis is back; shared buckets again")
 
-    async def _probe_rounds(self) -> None:
-        for _ in range(_PROBE_ROUNDS):
+    def _ensure_watch(self) -> None:
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.get_running_loop().create_task(self._watch_rounds())
+
+    async def _watch_rounds(self) -> None:
+        for _ in range(_WATCH_ROUNDS):
             await asyncio.sleep(self.probe_interval_s)
             try:
                 await self._redis.ping()
-            except BackendUnavailable:
+            except BackendUnavailable as e:
+                self._degrade(e)
                 continue
-            await self._redis.drop_idle_connections()
-            self.degraded = False
-            self._back_at = self._clock()
-            self._on_degraded(False)
-            log.warning("rate limiter: Redis is back; shared buckets again")
-            return
+            if self.degraded:
+                await self._redis.drop_idle_connections()
+                self._recover()
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            await asyncio.gather(self._probe, return_exceptions=True)
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)

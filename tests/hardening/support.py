@@ -30,18 +30,18 @@ TENANT = {"teli": "t-teli", "vambe": "t-vambe", "aelyst": "t-aelyst"}
 
 #: Provider credentials: each provider's sandbox accepts only its own.
 PROVIDER_KEYS = {
-    "teli": "tLq7Vz2mXk9Rw4Pn8Hs3Jd6Fb1",
-    "vambe": "vGh5Nc8Ty2Ke7Wq3Zr9Mx4Bp6L",
-    "aelyst": "aJ3sD9fK2gH7lQ5wE8rT1yU4iO",
+    "teli": "QXQHKkwxMj6XSULDV29kFozkoc",
+    "vambe": "9hzjHEUYHp7hAsEklSfx4hoDE2",
+    "aelyst": "inl3ZFPDVQ1vRdEBFfxXO09IOt",
 }
 #: Client keys: never forwarded upstream, never echoed anywhere.
 CLIENT_KEYS = {
-    "app": "cA1zX8vB4nM7qW2eR6tY9uI3oP",          # all three tenants
-    "solo-teli": "cS5dF1gH8jK3lZ6xC9vB2nM7qW",
-    "solo-vambe": "cE4rT7yU1iO9pA3sD6fG8hJ2kL",
-    "solo-aelyst": "cZ2xC5vB8nM1qW4eR7tY3uI6oP",
-    "duo": "cQ9wE3rT6yU2iO5pA8sD1fG4hJ",                # t-teli and t-vambe
-    "admin": "cK7lZ1xC4vB9nM2qW5eR8tY3uI",             # admin, but only t-aelyst
+    "app": "sBiYZ79u0f4kCcGyzRZJjMJDP2",          # all three tenants
+    "solo-teli": "aq9OvtHrwFWayUoD6clnF0EdjP",
+    "solo-vambe": "eOv4t2xr4Lx4Q96nMQ8btR0Wm8",
+    "solo-aelyst": "WohG4OvKWVs1kYQCEvagjEKhp4",
+    "duo": "GVApJZ2aqP0o0juttRvrblEkIs",                # t-teli and t-vambe
+    "admin": "9PZhtsVjfK48MXYDjJoANM9X0c",             # admin, but only t-aelyst
 }
 CLIENT_TENANTS = {
     "app": ["t-teli", "t-vambe", "t-aelyst"],

@@ -44,7 +44,7 @@ def _max_in_window(slots: list[int], rate: float, burst: int) -> float:
     return worst
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(rate=rates, burst=bursts, arrivals=st.lists(arrival, min_size=1, max_size=80))
 def test_no_window_admits_more_than_burst_plus_rate_times_length(
         rate: float, burst: int, arrivals: list[tuple[float, float, float]]) -> None:
@@ -61,7 +61,7 @@ def test_no_window_admits_more_than_burst_plus_rate_times_length(
     assert _max_in_window(slots, rate, burst) <= 1e-9
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(rate=rates, burst=bursts,
        extra=st.lists(st.floats(min_value=0.0, max_value=0.3), min_size=1, max_size=100))
 def test_a_steady_stream_under_the_rate_is_never_delayed(
@@ -117,11 +117,11 @@ def test_a_pause_holds_the_bucket_until_its_time_is_up() -> None:
 
 def test_the_cache_is_bounded_and_forgets_idle_buckets() -> None:
     clock = FakeClock()
-    backend = MemoryBackend(clock, maxsize=1000)
+    backend = MemoryBackend(clock, maxsize=500)
     bucket = Bucket.of(5, 1)
-    for i in range(50_000):
+    for i in range(10_000):
         backend.reserve_now(f"path-{i}", bucket, 0.0)
-    assert len(backend) <= 1000
+    assert len(backend) == 500
     clock.now += 5.0  # every bucket is full again (and past the grace): gone
     backend.reserve_now("one-more", bucket, 0.0)
     assert len(backend) == 1

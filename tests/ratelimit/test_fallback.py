@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import signal
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,11 +21,17 @@ from tests.redis_server import RedisServer
 PROBE_S = 0.2
 
 
-@dataclass
 class Rig:
-    shared: SharedBackend
-    policy: LimiterSpec
-    states: list[bool] = field(default_factory=list)
+    """One replica's shared backend on the test's Redis, recording its state changes."""
+
+    def __init__(self, server: RedisServer, policy: LimiterSpec) -> None:
+        loop = asyncio.get_running_loop()
+        self.policy = policy
+        self.states: list[bool] = []
+        self.client = connect(server.url)
+        self.shared = SharedBackend(RedisBackend(self.client), MemoryBackend(loop.time),
+                                    lambda: self.policy, self.states.append, loop.time,
+                                    probe_interval_s=PROBE_S)
 
     async def until_state(self, degraded: bool, within_s: float = 5.0) -> float:
         """Seconds until ``shared.degraded`` equals ``degraded`` (bounded poll)."""
@@ -36,22 +43,27 @@ class Rig:
             await asyncio.sleep(0.02)
         raise AssertionError(f"degraded is still {self.shared.degraded}")
 
+    async def close(self) -> None:
+        await self.shared.close()
+        await self.client.aclose()
 
-def _rig(server: RedisServer, policy: LimiterSpec) -> tuple[Rig, Callable[[], object]]:
-    client = connect(server.url)
-    loop = asyncio.get_running_loop()
-    rig = Rig(shared=None, policy=policy)  # type: ignore[arg-type]
-    rig.shared = SharedBackend(RedisBackend(client), MemoryBackend(loop.time), lambda: rig.policy,
-                               rig.states.append, loop.time, probe_interval_s=PROBE_S)
-    return rig, client.aclose
+
+@contextlib.asynccontextmanager
+async def rigs(server: RedisServer, n: int = 1, on_redis_error: str = "local",
+               ) -> AsyncIterator[list[Rig]]:
+    policy = LimiterSpec.model_validate({"on_redis_error": on_redis_error, "replicas": 2})
+    made = [Rig(server, policy) for _ in range(n)]
+    try:
+        yield made
+    finally:
+        for r in made:
+            await r.close()
 
 
 @pytest.fixture
 async def rig(redis_server: RedisServer) -> AsyncIterator[Rig]:
-    r, close = _rig(redis_server, LimiterSpec(on_redis_error="local", replicas=2))
-    yield r
-    await r.shared.close()
-    await close()  # type: ignore[misc]
+    async with rigs(redis_server) as (r,):
+        yield r
 
 
 async def test_redis_killed_degrades_at_once_and_recovers_by_itself(
@@ -71,18 +83,27 @@ async def test_redis_killed_degrades_at_once_and_recovers_by_itself(
     print(f"recovered {back_after:.2f} s after redis-server was up again")
 
 
+async def test_an_outage_is_noticed_while_no_request_asks(
+        rig: Rig, redis_server: RedisServer) -> None:
+    # Every request of a busy replica may be asleep in a reservation: the watch,
+    # not the next decision, has to notice.
+    assert (await rig.shared.reserve("k", Bucket.of(10, 2), 0.0)).allowed
+    redis_server.kill()
+    noticed = await rig.until_state(True, within_s=2.0)
+    redis_server.start()
+    back = await rig.until_state(False, within_s=2.0)
+    assert rig.states == [True, False]
+    print(f"outage noticed after {noticed:.2f} s, return after {back:.2f} s")
+
+
 async def test_fail_closed_refuses_while_redis_is_away(redis_server: RedisServer) -> None:
-    rig, close = _rig(redis_server, LimiterSpec(on_redis_error="fail_closed", replicas=2))
-    try:
+    async with rigs(redis_server, on_redis_error="fail_closed") as (rig,):
         redis_server.kill()
         refused = await rig.shared.reserve("k", Bucket.of(10, 2), 1.0)
         assert not refused.allowed and refused.retry_after_s == PROBE_S
         redis_server.start()
         await rig.until_state(False)
         assert (await rig.shared.reserve("k", Bucket.of(10, 2), 1.0)).allowed
-    finally:
-        await rig.shared.close()
-        await close()  # type: ignore[misc]
 
 
 async def test_the_fallback_keeps_the_slots_redis_already_gave_out(
@@ -92,8 +113,29 @@ async def test_the_fallback_keeps_the_slots_redis_already_gave_out(
     assert 0.9 < waits[-1] <= 1.0  # slots handed out up to ~1 s ahead
     redis_server.kill()
     local = await rig.shared.reserve("k", bucket, 2.0)
-    # Not before the last shared slot plus one interval: no overlap with the queue.
-    assert local.allowed and 1.0 < local.wait_s <= 1.2
+    # Not before the last shared slot plus one interval (no overlap with the queue);
+    # this replica took that slot, so not before it plus its local interval either.
+    assert local.allowed and 1.3 < local.wait_s <= 1.4
+
+
+async def test_replicas_that_took_turns_keep_taking_turns_without_redis(
+        redis_server: RedisServer) -> None:
+    loop = asyncio.get_running_loop()
+    bucket = Bucket.of(5, 1)
+    slots = []
+    async with rigs(redis_server, 2) as (a, b):
+        for i in range(12):  # alternating, as two busy replicas do; the queue fills up
+            d = await (a if i % 2 else b).shared.reserve("k", bucket, 2.0)
+            if d.allowed:
+                slots.append(loop.time() + d.wait_s)
+        redis_server.kill()
+        for i in range(6):
+            d = await (a if i % 2 else b).shared.reserve("k", bucket, 5.0)
+            assert d.allowed
+            slots.append(loop.time() + d.wait_s)
+    slots.sort()
+    # One interval (0.2 s) between any two slots, less what passes between calls.
+    assert min(y - x for x, y in itertools.pairwise(slots)) > 0.15
 
 
 async def test_after_the_return_requests_take_the_later_of_both_slots(

@@ -39,13 +39,14 @@ def make_gw(aiohttp_client: Make, sandboxes_up: dict[str, Sandbox]) -> Make:
 
 async def _assign(gw: TestClient[Any, Any], contact: dict[str, str] | None = None,
                   key: str | None = None, tenant: str = "t-aelyst") -> Any:
-    body = {"tenant": tenant, "contact": contact or SPELLINGS[0],
-            "assignee": {"email": "jane@acme.com"} if tenant == "t-aelyst" else {"id": "user_xyz789"}}
+    assignee = {"email": "jane@acme.com"} if tenant == "t-aelyst" else {"id": "user_xyz789"}
+    body = {"tenant": tenant, "contact": contact or SPELLINGS[0], "assignee": assignee}
     return await gw.post("/v1/assign", json=body, headers=auth(*([key] if key else [])))
 
 
 def _sample(gw: TestClient[Any, Any], name: str, **labels: str) -> float:
-    value = gw.server.app[METRICS].registry.get_sample_value(name, labels)
+    assert gw.app is not None
+    value = gw.app[METRICS].registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
 
 

@@ -11,14 +11,17 @@ import signal
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway import redis_keys
 from gateway.auth import hash_key
+from gateway.redis_conn import connect
 from providers.aelyst.sandbox import AELYST_SANDBOX, SANDBOX_KIT, create_app
 from tests.conftest import CLIENT_KEY, KEYS, auth
 from tests.procs import GatewayProcess
@@ -106,6 +109,7 @@ async def test_sigkill_mid_work_loses_nothing(
         aiohttp_server: Callable[..., Any], redis_server: RedisServer, tmp_path: Path) -> None:
     app = create_app(api_key=KEYS["aelyst"], data_file=_seed(tmp_path / "aelyst.yaml"),
                      rate_limit=False)  # 1,000 paths at once: the sandbox's 5/s is not the point
+    app.middlewares.insert(0, _slow)
     server: TestServer = await aiohttp_server(app)
     kit, sandbox = app[SANDBOX_KIT], app[AELYST_SANDBOX]
     kit.faults.clear()
@@ -119,26 +123,59 @@ async def test_sigkill_mid_work_loses_nothing(
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             ops = await _submit_all(session, [victim.url, survivor.url])
             accepted_at = loop.time()
-            await asyncio.sleep(1.0)  # both replicas are attempting (and getting 449s)
+            token = _worker_token(victim)
+            await _until_leased(redis_server.url, token, 3)  # attempts in flight there
             victim.signal(signal.SIGKILL)
             await victim.wait(10)
             killed_at = loop.time()
+            orphaned = await _leases(redis_server.url, token)
             kit.faults.clear()  # the sandbox clears
             final = await _poll_final(session, survivor.url, list(ops), timeout_s=150)
         done_at = loop.time()
     finally:
         await survivor.stop()
         await victim.stop()
-        for line in victim.output + survivor.output:
-            if '"event":"request"' not in line:
-                print(line.rstrip())
     _check(ops, final, kit.journal, sandbox)
     print(f"crash test: {len(ops)} operations accepted in {accepted_at - started:.1f} s; "
           f"{sum(1 for e in kit.journal if e.status == 449)} answers 449 before the clear; "
           f"replica killed at +{killed_at - started:.1f} s; all final "
           f"{done_at - killed_at:.1f} s after the clear; total {done_at - started:.1f} s; "
           f"states {dict(Counter(v['status'] for v in final.values()))}; "
-          f"{len(REFUSED)} submissions refused with 503 and repeated")
+          f"{len(REFUSED)} submissions refused with 503 and repeated; "
+          f"{orphaned} leases of the killed replica taken over")
+    assert orphaned >= 1  # it was killed mid-attempt, and its work was finished anyway
+
+
+def _worker_token(gw: GatewayProcess) -> str:
+    line = next(x for x in gw.output if "operations: worker" in x)
+    return line.split("operations: worker ", 1)[1].split()[0]
+
+
+async def _leases(url: str, token: str) -> int:
+    """How many operations the replica with this worker token holds a lease on."""
+    redis = connect(url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=redis_keys.operation_lease("*"))]
+        values = await redis.mget(keys) if keys else []
+        return sum(1 for v in values if v is not None and v.decode().startswith(token + ":"))
+    finally:
+        await redis.aclose()
+
+
+async def _until_leased(url: str, token: str, n: int) -> None:
+    for _ in range(500):  # bounded: 5 s
+        if await _leases(url, token) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the replica never held leases")
+
+
+@web.middleware
+async def _slow(request: web.Request, handler: Any) -> web.StreamResponse:
+    # 50 ms per provider request (449s included), so attempts are in flight at the kill.
+    if not request.path.startswith("/_sandbox/"):
+        await asyncio.sleep(0.05)
+    return cast(web.StreamResponse, await handler(request))
 
 
 async def _fault_449(server: TestServer) -> None:

@@ -30,7 +30,7 @@ def gate_for(app: web.Application) -> Limiter:
     return app[LIMITER]
 
 
-def setup_ratelimit(app: web.Application, *, probe_interval_s: float = 0.5) -> None:
+def setup_ratelimit(app: web.Application, *, probe_interval_s: float = 0.25) -> None:
     """Install the limiter; call after the context that opens ``app[REDIS]``."""
 
     async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:

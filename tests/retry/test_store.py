@@ -1,0 +1,114 @@
+"""The operation store's guarantees, on both backends: claims are exclusive, an unfinished
+lease comes back, a lost lease cannot write, and the contact lock orders intents."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.models import ContactOut
+from gateway.operations import MemoryStore, OperationStore, OpRecord
+from gateway.opstore_redis import RedisStore
+from gateway.redis_conn import connect
+from gateway.service import Plan
+from gateway.spi import AssignCommand, AssigneeRef, ContactRef, TenantContext, UnassignCommand
+
+LEASE_S = 0.3
+
+
+def _rec(op_id: str, assignee: str | None = "17", contact: str = "3") -> OpRecord:
+    tenant = TenantContext("t-aelyst", "US")
+    ref = ContactRef("id", contact)
+    command = (AssignCommand(tenant, ref, AssigneeRef("id", assignee)) if assignee
+               else UnassignCommand(tenant, ref))
+    plan = Plan("assign" if assignee else "unassign", "app", "t-aelyst", "aelyst-sb", command,
+                ContactOut(id=contact, provider_id=""))
+    now = time.time()
+    return OpRecord(op_id, plan, "rid", now, now + 60)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[OperationStore]:
+    if request.param == "memory":
+        yield MemoryStore(time.time)
+        return
+    redis = connect(request.getfixturevalue("redis_server").url)
+    yield RedisStore(redis)
+    await redis.aclose()
+
+
+async def test_the_record_round_trips(store: OperationStore) -> None:
+    rec = _rec("op_a")
+    rec.attempts, rec.queued_wait_s, rec.reason = 2, 30.0, "449"
+    await store.save(rec, due=time.time() + 60)
+    found = await store.get("op_a")
+    assert found is not None and not found[1]
+    again = found[0]
+    assert (again.plan, again.attempts, again.queued_wait_s, again.reason, again.intent) == (
+        rec.plan, 2, 30.0, "449", rec.intent)
+    assert await store.get("op_missing") is None
+
+
+async def test_a_claim_is_exclusive_and_an_unfinished_lease_comes_back(
+        store: OperationStore) -> None:
+    await store.save(_rec("op_a"), due=time.time())
+    first = await store.claim(time.time(), 10, LEASE_S, "w1")
+    assert [r.id for r in first] == ["op_a"]
+    assert await store.claim(time.time(), 10, LEASE_S, "w2") == []  # leased to w1
+    found = await store.get("op_a")
+    assert found is not None and found[1]  # a worker holds it: seen as running
+    await asyncio.sleep(LEASE_S + 0.1)  # w1 "dies": its lease expires
+    second = await store.claim(time.time(), 10, LEASE_S, "w2")
+    assert [r.id for r in second] == ["op_a"]
+    # w1's late result is refused: w2 holds the operation now.
+    assert not await store.save(first[0], due=None, lease="w1")
+    assert await store.save(second[0], due=None, lease="w2")
+    assert await store.claim(time.time() + 10, 10, LEASE_S, "w3") == []
+
+
+async def test_a_newer_intent_supersedes_and_the_same_intent_shares(
+        store: OperationStore) -> None:
+    now = time.time()
+    old, same, new = _rec("op_old"), _rec("op_same"), _rec("op_new", assignee=None)
+    await store.accept(old, now)
+    assert await store.begin(old, 5) == "ok"
+    await store.accept(same, now)
+    assert await store.begin(same, 5) == "ok"  # the same intent shares the lock
+    assert await store.begin(old, 5) == "ok"  # and does not supersede the older one
+    await store.accept(new, now)
+    assert await store.begin(new, 5) == "busy"  # another intent waits for both attempts
+    assert await store.begin(old, 5) == "superseded"
+    await store.save(old, due=None)
+    assert await store.begin(new, 5) == "busy"
+    await store.save(same, due=None)
+    assert await store.begin(new, 5) == "ok"
+    other_contact = _rec("op_x", contact="4")
+    await store.accept(other_contact, now)
+    assert await store.begin(other_contact, 5) == "ok"
+
+
+async def test_accepting_a_newer_intent_makes_the_older_due_now(store: OperationStore) -> None:
+    now = time.time()
+    old = _rec("op_old")
+    await store.accept(old, now)
+    await store.save(old, due=now + 3600)
+    assert await store.claim(now, 10, LEASE_S, "w") == []
+    await store.accept(_rec("op_new", assignee="18"), now)
+    claimed = await store.claim(time.time(), 10, LEASE_S, "w")
+    assert [r.id for r in claimed] == ["op_old"]
+    assert await store.begin(claimed[0], 5) == "superseded"
+
+
+async def test_a_lock_left_after_a_timeout_expires(store: OperationStore) -> None:
+    now = time.time()
+    a, b = _rec("op_a"), _rec("op_b", assignee="18")
+    await store.accept(a, now)
+    assert await store.begin(a, LEASE_S) == "ok"
+    await store.save(a, due=None, unlock=False)  # a timed out: the lock is left to expire
+    await store.accept(b, now)
+    assert await store.begin(b, 5) == "busy"
+    await asyncio.sleep(LEASE_S + 0.1)
+    assert await store.begin(b, 5) == "ok"
