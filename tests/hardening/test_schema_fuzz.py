@@ -62,6 +62,7 @@ def test_served_document_is_the_fuzzed_one(served_gw: ServedGateway) -> None:
     assert requests.get(served_gw.url + "/openapi.json", timeout=5).json() == build_openapi()
 
 
+@pytest.mark.timeout(WORKER_TIMEOUT_S + 60)
 def test_openapi_conformance(served_gw: ServedGateway, tmp_path: Path) -> None:
     labels = [f"{m.upper()} {p}" for p, ops in build_openapi()["paths"].items() for m in ops]
     procs = []
