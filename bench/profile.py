@@ -2,7 +2,8 @@
 
     .venv/bin/pip install py-spy      # a tool for this, not a dependency of the project
     .venv/bin/python -m bench.profile [--redis] [--seconds 20] [--connections 64]
-    .venv/bin/python -m bench.profile --gc [--slow --connections 256]   # GC pauses, no py-spy
+    .venv/bin/python -m bench.profile --gc [--repeat 6] [--slow --connections 256]
+        # no py-spy: the gateway's GC pauses, and whether its cost grows run after run
 
 Starts the fake upstream (and redis-server with ``--redis``) and one gateway,
 pinned as in :mod:`bench.run`, warms up, then samples the gateway with
@@ -87,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gc", action="store_true",
                    help="no py-spy: record the gateway's garbage-collector pauses instead "
                         "(bench.gcwatch) next to wrk's latencies")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="with --gc: this many wrk runs in a row (does the cost grow?)")
     p.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0)
     args = p.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -106,16 +109,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                    round_=0, procs=procs, sut_core=sut_core)
         print(f"warm-up: {warm.rps:.0f} req/s, {warm.cpu_us_per_req or 0:.0f} us CPU/req")
         if args.gc:
-            run = wrk(target, connections=args.connections, duration_s=args.seconds,
-                      phase="gc", round_=1, procs=procs, sut_core=sut_core)
+            for i in range(1, args.repeat + 1):
+                run = wrk(target, connections=args.connections, duration_s=args.seconds,
+                          phase="gc", round_=i, procs=procs, sut_core=sut_core)
+                print(f"run {i}: {run.rps:.0f} req/s, {run.cpu_us_per_req or 0:.0f} us CPU/req, "
+                      f"p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, max {run.max_ms:.1f} "
+                      f"ms, RSS {rss_mb(gw.pid):.0f} MB", flush=True)
             procs.stop(gw)
-            print(f"{run.rps:.0f} req/s, p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, "
-                  f"max {run.max_ms:.1f} ms; the gateway's collections since it started "
-                  f"(warm-up included):\n{(workdir / 'gc.json').read_text()}")
+            print("the gateway's collections since it started (warm-up included):\n"
+                  f"{(workdir / 'gc.json').read_text()}")
             return 0
         return _spy(args, spy, gw, target, procs, sut_core)
     finally:
         procs.stop_all()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _start(args: argparse.Namespace, procs: Procs, workdir: Path) -> tuple[Proc, Target]:

@@ -398,7 +398,7 @@ def markdown(results: dict[str, Any]) -> str:
         "unchanged (one access line per request to its log file).",
         f"- wrk: 1 thread, `--timeout 10s`, script `bench/assign.lua`; warm-up "
         f"{s['warmup']:g} s per system before the rounds; systems interleaved round by "
-        "round, their order rotated each round.",
+        "round (every phase in every round), their order rotated each round.",
         f"- Metrics off: the harness sets `{meta['metrics_knob']}` in the environment of "
         "one gateway; a run counts only if that gateway's `/metrics` then does not count "
         "the requests in `gateway_requests_total`.",

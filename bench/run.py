@@ -9,7 +9,8 @@ On a 2-core machine it starts, each pinned:
   Redis, and the gateway in-process with ``GATEWAY_METRICS=off``;
 
 then, after a warm-up, drives them with wrk posting the canonical assign
-request, interleaving the systems round by round, and writes
+request, interleaving the systems (and the phases: closed loop at each connection
+count, slow upstream, paced slow upstream) round by round, and writes
 ``bench/RESULTS.md`` and ``bench/results.json``.
 
     .venv/bin/python -m bench.run [--rounds 3] [--duration 5] [--connections 1,16,64]
@@ -214,16 +215,18 @@ def measure(b: Bench, args: argparse.Namespace, cores: tuple[str, str] | None,
         go(t, args.slow_connections, "warmup", 0, max(1.0, args.warmup / 2))
     b.check_metrics_knob()
     names = list(b.targets)
+    slow = [n for n in b.slow_targets if n != "gateway-metrics-off"]
+    think = 0.0
+    # Every phase in every round, so a spell of load from elsewhere on the machine
+    # falls on all phases and systems alike rather than on one phase.
     for r in range(1, args.rounds + 1):
         for c in args.connections:
             for name in rotate(names, r - 1):
                 go(b.targets[name], c, "main", r, args.duration)
-    slow = [n for n in b.slow_targets if n != "gateway-metrics-off"]
-    for r in range(1, args.rounds + 1):
         for name in rotate(slow, r - 1):
             go(b.slow_targets[name], args.slow_connections, "slow", r, args.duration)
-    think = paced_think_ms(args, runs)
-    for r in range(1, args.rounds + 1):
+        if r == 1:
+            think = paced_think_ms(args, runs)
         for name in rotate(slow, r - 1):
             go(b.slow_targets[name], args.slow_connections, "slow-paced", r, args.duration,
                think)
