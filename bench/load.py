@@ -56,6 +56,7 @@ class Run:
     # counter, so other work on the machine may add to it): a server that accepts too
     # slowly or with too small a backlog; each drop costs the client 1 s or more.
     listen_drops: int = 0
+    rss_mb: float | None = None  # the system under test's resident memory after the run
 
     @property
     def failed(self) -> int:
@@ -76,6 +77,13 @@ def redis_calls(port: int) -> dict[str, int]:
     finally:
         client.close()
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def listen_drops() -> int:
@@ -147,6 +155,7 @@ def wrk(target: Target, *, connections: int, duration_s: float, phase: str, roun
         extra_cpu_us_per_req={k: v for k, v in per_req.items() if k != "sut"},
         think_ms=think_ms,
         listen_drops=drops,
+        rss_mb=None if target.pid is None else round(rss_mb(target.pid), 1),
         redis_cmds_per_req={
             k: (v - calls0.get(k, 0) - (1 if k == "info" else 0)) / requests
             for k, v in sorted(calls1.items())

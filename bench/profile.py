@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.load import Target, wrk
+from bench.load import Target, rss_mb, wrk
 from bench.procs import Proc, Procs, exit_on_sigterm, free_port, wait_http_ok, wait_port
 from bench.run import ROOT, check_assign, gateway_config, pinning
 
@@ -122,13 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _spy(args, spy, gw, target, procs, sut_core)
     finally:
         procs.stop_all()
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        if args.gc or args.out is not None:  # else the collapsed stacks live there
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _start(args: argparse.Namespace, procs: Procs, workdir: Path) -> tuple[Proc, Target]:

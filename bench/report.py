@@ -242,6 +242,21 @@ def _system_table(summary: dict[str, Any], phase: str, show_cpu: bool = True) ->
     return rows
 
 
+def _drift(runs: list[dict[str, Any]], top: int) -> list[str]:
+    """Round by round at the top connection count: does a system get dearer as it serves?"""
+    out = [f"Round by round at {top} connections (CPU us/req; resident memory after the run):",
+           ""]
+    for name in SYSTEMS[1:]:
+        rs = sorted((r for r in runs if r["phase"] == "main" and r["system"] == name
+                     and r["connections"] == top), key=lambda r: r["round"])
+        if rs:
+            steps = ", ".join(f"r{r['round']} {_f(r['cpu_us_per_req'], '{:.0f}')} us "
+                              f"{_f(r.get('rss_mb'), '{:.0f}')} MB" for r in rs)
+            out.append(f"- {name}: {steps}")
+    out.append("")
+    return out
+
+
 def _slow_notes(slow: dict[str, Any], conns: int, delay_ms: float) -> list[str]:
     """Whether each system was held by its CPU or by a connection cap (Little's law)."""
     out = []
@@ -323,6 +338,7 @@ def markdown(results: dict[str, Any]) -> str:
                 "on a quiet machine and the ratios are noisier; CPU per request and req per "
                 "CPU-s are the steadier figures.", ""]
     out += _system_table(summary, "main")
+    out += ["", *_drift(results["runs"], results["top_connections"])]
     redis_top = summary.get("main", {}).get("gateway-redis", {}).get(
         str(results["top_connections"]), {}).get("redis_cmds_per_req")
     if redis_top:

@@ -141,34 +141,40 @@ async def _exchanges(gw: TestClient[Any, Any]) -> int:
 async def test_identifier_corpus(hgw: TestClient[Any, Any], hsandboxes: dict[str, Sandbox],
                                  ptype: str) -> None:
     own = hsandboxes[ptype]
-    others = [s for p, s in hsandboxes.items() if p != ptype]
     journaled, problems = 0, []
     ops = ["assign", "unassign"] if UNASSIGN[ptype] else ["assign"]
-    for op in ops:
-        for part, kind in FIELDS:
-            if op == "unassign" and part == "assignee":
-                continue
-            for value in CORPUS:
-                resp = await hgw.post(f"/v1/{op}", json=_body(ptype, op, part, kind, value),
-                                      headers=auth())
-                body = await resp.json(content_type=None)
-                entries = await own.journal()
-                await clear_journal(own)
-                journaled += len(entries)
-                count("identifiers tried", ptype)
-                count("identifier answers", f"{resp.status} {body.get('code', 'ok')}")
-                where = f"{op} {part}.{kind}={value!r}: {resp.status} {body}"
-                assert resp.status != 500, where
-                if resp.status in REFUSALS:
-                    assert body["code"] in REFUSALS[resp.status], where
-                    assert entries == [], f"{where}: refused but sent {entries}"
-                    continue
+    batches = [(op, part, kind) for op in ops for part, kind in FIELDS
+               if not (op == "unassign" and part == "assignee")]
+    for op, part, kind in batches:
+        # The gateway forwards X-Request-ID upstream: it ties each journal entry
+        # to the request (and corpus entry) that caused it.
+        sent: dict[str, tuple[str, str, int]] = {}
+        for n, value in enumerate(CORPUS):
+            rid = f"hz-{op}-{part}-{kind}-{n}"
+            resp = await hgw.post(f"/v1/{op}", json=_body(ptype, op, part, kind, value),
+                                  headers={**auth(), "X-Request-ID": rid})
+            body = await resp.json(content_type=None)
+            where = f"{op} {part}.{kind}={value!r}: {resp.status} {body}"
+            sent[rid] = (value, where, resp.status)
+            count("identifiers tried", ptype)
+            count("identifier answers", f"{resp.status} {body.get('code', 'ok')}")
+            assert resp.status != 500, where
+            if resp.status in REFUSALS:
+                assert body["code"] in REFUSALS[resp.status], where
+            else:
                 assert resp.status in (200, 202, 404, 409), where
-                for e in entries:
-                    problems += [f"{where}: {p}" for p in path_problems(ptype, e)]
-                    problems += [f"{where}: {p}" for p in _exact(ptype, part, kind, value, e)]
+        entries = await own.journal()
+        await clear_journal(own)
+        journaled += len(entries)
+        for e in entries:
+            rid = {k.lower(): v for k, v in e["headers"].items()}.get("x-request-id", "")
+            assert rid in sent, f"an upstream request no client request caused: {e}"
+            value, where, status = sent[rid]
+            assert status not in REFUSALS, f"{where}: refused but sent {e}"
+            problems += [f"{where}: {p}" for p in path_problems(ptype, e)]
+            problems += [f"{where}: {p}" for p in _exact(ptype, part, kind, value, e)]
     assert problems == []
-    for other in others:
+    for other in (s for p, s in hsandboxes.items() if p != ptype):
         assert await other.journal() == [], f"a {ptype} request reached {other.type}"
     # Every exchange the gateway made is one the provider's sandbox journaled.
     assert await _exchanges(hgw) == journaled

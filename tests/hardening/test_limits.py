@@ -1,7 +1,11 @@
 """Size and shape limits: 413 past 16 KiB, 415 for anything but JSON, deep or
 huge JSON refused with 400 (never 500), slow-loris bodies cut off, and a
 gateway process whose memory and open files stay flat under a stream of bad
-requests."""
+requests.
+
+Not covered here: a client that drips its *headers* holds its connection until
+aiohttp's keep-alive timeout, which ``gateway serve`` leaves at aiohttp's
+default of 3630 s (see the hardening notes in the README)."""
 
 from __future__ import annotations
 
@@ -122,20 +126,6 @@ async def _slow_body(host: str, port: int) -> tuple[float, bytes]:
         writer.close()
 
 
-async def test_slow_loris_bodies_are_cut_off(hgw: TestClient[Any, Any]) -> None:
-    host, port = hgw.server.host, hgw.server.port
-    assert port is not None
-    attacks = [asyncio.create_task(_slow_body(host, port)) for _ in range(20)]
-    await asyncio.sleep(1)
-    # The gateway keeps serving while the slow clients drip.
-    assert (await hgw.get("/healthz")).status == 200
-    results = await asyncio.gather(*attacks)
-    for elapsed, data in results:
-        assert data.startswith(b"HTTP/1.1 400"), data
-        assert elapsed <= BODY_TIMEOUT_S + 2
-    count("slow loris", "connections cut", len(results))
-
-
 # -- memory and open files of a real process ------------------------------------------------
 
 BAD: list[tuple[bytes, str]] = [(s[1], s[2]) for s in SHAPES if s[3] != 413 or len(s[1]) < 50_000]
@@ -156,7 +146,10 @@ async def _burst(session: aiohttp.ClientSession, url: str, n: int) -> dict[int, 
     return statuses
 
 
-async def test_memory_and_files_stay_flat(tmp_path: Path) -> None:
+async def test_memory_and_files_stay_flat_under_bad_and_slow_clients(tmp_path: Path) -> None:
+    """A real gateway process: 5,000 malformed or oversized requests while twenty
+    slow-loris clients drip their bodies. Every slow body is cut off with a 400
+    within BODY_TIMEOUT_S; memory and open files end within 10% of where they began."""
     closed = {p: f"http://127.0.0.1:{free_port()}" for p in PROVIDERS}
     proc = GatewayProcess(config_dict(closed), tmp_path)
     await proc.start()
@@ -165,11 +158,17 @@ async def test_memory_and_files_stay_flat(tmp_path: Path) -> None:
         pid = proc.proc.pid
         url = proc.url + "/v1/assign"
         async with aiohttp.ClientSession() as s:
-            await _burst(s, url, 1000)  # warm-up: caches, pools, allocator arenas
+            await _burst(s, url, 500)  # warm-up: caches, pools, allocator arenas
             rss0, fds0 = rss_kib(pid), open_files(pid)
+            slow = [asyncio.create_task(_slow_body("127.0.0.1", proc.port)) for _ in range(20)]
             statuses = await _burst(s, url, 5000)
+            cut = await asyncio.gather(*slow)
             rss1, fds1 = rss_kib(pid), open_files(pid)
         assert 500 not in statuses, statuses
+        for elapsed, data in cut:
+            assert data.startswith(b"HTTP/1.1 400"), data
+            assert elapsed <= BODY_TIMEOUT_S + 2
+        count("slow loris", "connections cut", len(cut))
         count("memory", "bad requests", 5000)
         count("memory", "rss growth kib", rss1 - rss0)
         assert rss1 <= rss0 * 1.10, f"RSS grew from {rss0} to {rss1} KiB"

@@ -58,7 +58,10 @@ async def test_two_spellings_of_one_contact_share_one_bucket(
         make_gw: Make, sandboxes_up: dict[str, Sandbox]) -> None:
     gw = await make_gw(rate_limit={"rate": 2, "burst": 1, "max_wait_s": 2})
     for contact in SPELLINGS:
-        assert (await _assign(gw, contact)).status == 200
+        resp = await _assign(gw, contact)
+        assert resp.status == 200
+        # No client bucket here: the headers describe the provider's bucket.
+        assert (resp.headers["RateLimit-Limit"], resp.headers["RateLimit-Remaining"]) == ("1", "0")
     at = await _upstream_times(sandboxes_up["aelyst"])
     assert at[1] - at[0] >= 0.45  # the second spelling waited for the first one's slot
     waited = _sample(gw, "gateway_ratelimit_wait_seconds_sum", provider="aelyst-sb")
