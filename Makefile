@@ -56,5 +56,13 @@ bench: $(STAMP)
 	@$(MAKE) --no-print-directory system-deps SYSTEM_TOOLS="$(SYSTEM_TOOLS) wrk:wrk"
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# The long runs of the hardening suite: 30 minutes of mixed traffic with faults
+# (SOAK_S seconds), and Redis killed three times during 10,000 requests. The soak
+# writes its numbers into bench/RESULTS.md (between its soak markers).
+SOAK_S ?= 1800
+soak: $(STAMP) system-deps
+	HARDENING_SOAK_S=$(SOAK_S) HARDENING_REDIS_REQUESTS=10000 $(BIN)/pytest -q -rx \
+	  tests/hardening/test_soak.py tests/hardening/test_redis_kill.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

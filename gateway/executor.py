@@ -6,14 +6,15 @@ lock, sleeping between attempts as :mod:`gateway.retry` says, until its
 provider's ``deadline_s``. When the provider asks for more time than is left
 (449, a long ``Retry-After``), the client prefers ``respond-async``, the contact
 stays busy, or a newer operation arrives, the operation is queued and the
-client gets 202; the :class:`Worker` of any replica finishes it.
+client gets 202; the :class:`gateway.worker.Worker` of any replica finishes it.
 
-Ordering on one contact: an operation attempts only while it is the newest for
-its contact and holds the contact's lock, which it keeps for the whole attempt
-(and, after a timeout, until the lock expires, so a request the provider may
-still be processing lands before any newer one is sent). A newer operation
-therefore waits for an older in-flight attempt and is applied after it; an
-older operation that finds a newer one ends ``superseded`` without a call.
+Ordering on one contact: an operation attempts only while no newer one asks
+something else of its contact, and while it holds the contact's lock, which it
+keeps for the whole attempt (and, after a timeout, until the lock expires, so a
+request the provider may still be processing lands before any newer one is
+sent). A newer operation therefore waits for an older in-flight attempt and is
+applied after it; an older operation that finds a newer one ends
+``superseded`` without a call.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -60,6 +60,7 @@ from gateway.runtime import METRICS, REDIS, RUNTIME, SERVICES, Runtime
 from gateway.service import Plan, attempt, result
 from gateway.spi import Outcome
 from gateway.upstream import Call, ProviderClient, UpstreamGate
+from gateway.worker import Worker
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
@@ -74,9 +75,6 @@ LEASE_MARGIN_S = 2.0
 MIN_ATTEMPT_S = 0.05
 BUSY_POLL_S = 0.02  # a request waiting for its contact's lock looks again this often
 BUSY_RETRY_S = 0.25  # a queued operation whose contact is busy comes back this soon
-POLL_S = 0.1  # how often a worker looks for due operations it was not woken for
-CONCURRENCY = 64  # background attempts in flight per replica
-STOP_GRACE_S = 2.0
 _OP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -298,76 +296,6 @@ def _any_provider(app: web.Application) -> ProviderClient:
     # An operation whose provider left the configuration still needs a schedule
     # and a give-up time (its own give_up_at); any provider's backoff will do.
     return next(iter(app[RUNTIME].providers.values()))
-
-
-class Worker:
-    """Claims due operations and runs one background step of each, bounded in number."""
-
-    def __init__(self, executor: Executor, *, poll_s: float = POLL_S,
-                 concurrency: int = CONCURRENCY) -> None:
-        self.executor, self.poll_s, self.concurrency = executor, poll_s, concurrency
-        self.token = secrets.token_hex(6)
-        self._claims = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._loop: asyncio.Task[None] | None = None
-        self._gauge_at = 0.0
-
-    def start(self) -> None:
-        self._loop = asyncio.create_task(self._run())
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            await self._tick()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_s):
-                    await self._wake.wait()
-
-    async def _tick(self) -> None:
-        ex = self.executor
-        free = self.concurrency - len(self._tasks)
-        try:
-            await self._gauge()
-            if free <= 0:
-                return
-            self._claims += 1
-            token = f"{self.token}:{self._claims}"
-            claimed = await ex.queue.claim(ex.wall(), free, ex.lease_s(), token)
-        except REDIS_ERRORS:
-            log.warning("operations: Redis unreachable; looking again in %.1f s", self.poll_s)
-            return
-        for rec in claimed:
-            task = asyncio.create_task(ex.resume(rec, token))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _gauge(self) -> None:
-        ex = self.executor
-        now = ex.wall()
-        if now - self._gauge_at < 1.0:
-            return
-        self._gauge_at = now
-        ops = ex.app[METRICS].operations
-        ops.set("queued", await ex.queue.queued())
-        ops.set("running", len(self._tasks))
-
-    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Stop claiming; give steps in flight ``grace_s``, then cancel them (their
-        leases expire and another replica, or this one after a restart, runs them)."""
-        self._stop.set()
-        self._wake.set()
-        if self._loop is not None:
-            await self._loop
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
 
 
 EXECUTOR = web.AppKey("executor", Executor)

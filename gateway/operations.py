@@ -278,6 +278,9 @@ class MemoryStore:
         return rec.copy(), self._lease(op_id) is not None
 
     async def claim(self, now: float, limit: int, lease_s: float, token: str) -> list[OpRecord]:
+        if len(self.locks) > 1000:  # locks left to expire (timeouts) are dropped here
+            for contact in list(self.locks):
+                self._holders(contact)
         out: list[OpRecord] = []
         while self._heap and self._heap[0][0] <= now and len(out) < limit:
             when, op_id = heapq.heappop(self._heap)

@@ -11,17 +11,17 @@ PREFIX = "agw:"
 
 
 def bucket(provider: str, scope_key: str) -> str:
-    """A provider token bucket (one per account, or per method and path)."""
+    """A provider token bucket (one per account, or per method and hashed path).
+
+    One key holds the bucket's state, a provider's pause included
+    (gateway.ratelimit): one key per script call, expiring when the bucket is full.
+    """
     return f"{PREFIX}rl:{{{provider}:{scope_key}}}"
 
 
 def client_bucket(client: str) -> str:
+    """A client's own token bucket (``clients[].rate_limit``)."""
     return f"{PREFIX}rlc:{{{client}}}"
-
-
-def pause(provider: str, scope_key: str) -> str:
-    """Set while a provider asked us to hold off (429 Retry-After, remaining 0)."""
-    return f"{PREFIX}rl:{{{provider}:{scope_key}}}:pause"
 
 
 def retry_budget(provider: str) -> str:

@@ -23,6 +23,7 @@ import requests
 import yaml
 
 from gateway.auth import hash_key
+from gateway.models import Problem, Queued, Result
 from tests.procs import ROOT, free_port
 
 PROVIDERS = ("teli", "vambe", "aelyst")
@@ -79,6 +80,14 @@ def leaks(text: str, names: Iterable[str] | None = None) -> list[str]:
     """The names of the secrets of which any 8-character substring occurs in ``text``."""
     wanted = ALL_SECRETS if names is None else names
     return sorted(n for n in wanted if any(g in text for g in _GRAMS[n]))
+
+
+def conforms(status: int, body: Any) -> None:
+    """An answer of a write route matches its published model (raises if not)."""
+    model = Result if status == 200 else Queued if status == 202 else Problem
+    model.model_validate(body)
+    if status >= 400:
+        assert body["status"] == status, body
 
 
 def auth(client: str = "app") -> dict[str, str]:

@@ -23,7 +23,15 @@ from gateway.app import create_app
 from gateway.config import build_config
 from tests.conftest import Sandbox
 from tests.hardening.fault_proxy import FaultProxy, NetFault
-from tests.hardening.support import PROVIDERS, TENANT, auth, config_dict, count, sandbox_base_url
+from tests.hardening.support import (
+    PROVIDERS,
+    TENANT,
+    auth,
+    config_dict,
+    conforms,
+    count,
+    sandbox_base_url,
+)
 
 TIMEOUT_S = 0.4
 DEADLINE_S = 1.2
@@ -134,6 +142,7 @@ async def _run_provider(gw: TestClient[Any, Any], ptype: str, sbx: Sandbox,
         resp = await gw.post(f"/v1/{op}", json=body, headers=auth())
         answer = await resp.json(content_type=None)
         elapsed = loop.time() - start
+        conforms(resp.status, answer)
         await _clear(sbx, proxy)
         out.append(Outcome(ptype, fault.name, resp.status, answer.get("code", "ok"), elapsed,
                            answer.get("operation_id") if resp.status in (200, 202) else None))

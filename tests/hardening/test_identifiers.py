@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import Sandbox
 from tests.hardening.conftest import clear_journal
-from tests.hardening.support import PROVIDERS, TENANT, auth, count, path_problems
+from tests.hardening.support import PROVIDERS, TENANT, auth, conforms, count, path_problems
 
 _UUID1 = "22222222-2222-4222-8222-000000000001"
 _MEMBER1 = "11111111-1111-4111-8111-000000000001"
@@ -154,6 +154,7 @@ async def test_identifier_corpus(hgw: TestClient[Any, Any], hsandboxes: dict[str
             resp = await hgw.post(f"/v1/{op}", json=_body(ptype, op, part, kind, value),
                                   headers={**auth(), "X-Request-ID": rid})
             body = await resp.json(content_type=None)
+            conforms(resp.status, body)
             where = f"{op} {part}.{kind}={value!r}: {resp.status} {body}"
             sent[rid] = (value, where, resp.status)
             count("identifiers tried", ptype)

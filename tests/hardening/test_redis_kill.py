@@ -209,6 +209,7 @@ async def test_redis_killed_three_times(durable_redis: DurableRedis, tmp_path: P
             states = await _final(session, gw.url, run)
     finally:
         await asyncio.to_thread(gw.stop)
+    log = gw.log()
     lost = {i: states.get(i) for i, status in run.accepted.items()
             if states.get(i) not in FINAL or (status == 200 and states[i] != "succeeded")}
     for key, n in run.statuses.items():
@@ -221,6 +222,9 @@ async def test_redis_killed_three_times(durable_redis: DurableRedis, tmp_path: P
         count("redis kill recovery ms", f"kill {i + 1}", int(r * 1000) if r != float("inf") else -1)
     assert not any(k.startswith("500") for k in run.statuses), run.statuses
     assert all(r <= RECOVERY_S for r in recoveries), recoveries
+    # Only losses the known defect explains are tolerated, and only while it stands.
+    unexplained = [i for i in lost if f"operation {i}: could not record" not in log]
+    assert unexplained == [], {i: lost[i] for i in unexplained[:20]}
     if lost and KNOWN_LOSS:
         pytest.xfail(f"{len(lost)} acknowledged operations lost: {KNOWN_LOSS}")
     assert lost == {}, dict(list(lost.items())[:20])

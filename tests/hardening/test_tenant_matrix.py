@@ -17,7 +17,15 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import Sandbox
 from tests.hardening.conftest import clear_journal
-from tests.hardening.support import CLIENT_KEYS, CLIENT_TENANTS, PROVIDERS, TENANT, auth, count
+from tests.hardening.support import (
+    CLIENT_KEYS,
+    CLIENT_TENANTS,
+    PROVIDERS,
+    TENANT,
+    auth,
+    conforms,
+    count,
+)
 
 DIRECT: dict[str, dict[str, Any]] = {
     "t-teli": {"contact": {"phone": "+15551234567"}, "assignee": {"id": "user_xyz789"}},
@@ -58,6 +66,7 @@ async def test_tenant_matrix(hgw: TestClient[Any, Any], hsandboxes: dict[str, Sa
                 path, body, headers = _request(way, tenant, client)
                 resp = await hgw.post(path, json=body, headers=headers)
                 problem = await resp.json()
+                conforms(resp.status, problem)
                 want = (404, "unknown_tenant") if tenant == "t-nope" else (403, "forbidden")
                 assert (resp.status, problem["code"]) == want, (client, tenant, way, problem)
                 assert "provider" not in problem
@@ -73,6 +82,7 @@ async def test_tenant_matrix(hgw: TestClient[Any, Any], hsandboxes: dict[str, Sa
                 path, body, headers = _request(way, tenant, client)
                 resp = await hgw.post(path, json=body, headers=headers)
                 answer = await resp.json()
+                conforms(resp.status, answer)
                 assert resp.status in (200, 202, 422), (client, tenant, way, answer)
                 if resp.status == 422:  # Vambe cannot unassign: refused, not forbidden
                     assert (tenant, way, answer["code"]) == (

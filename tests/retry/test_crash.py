@@ -101,7 +101,9 @@ async def _poll_final(session: aiohttp.ClientSession, url: str, ops: list[str],
     async with asyncio.timeout(timeout_s):
         # One scrape a second until nothing is queued, so polling does not load the
         # sandbox (it shares this test's event loop); then every view, until final.
-        while await _queued(session, url) > 0:
+        for _ in range(int(timeout_s)):
+            if await _queued(session, url) == 0:
+                break
             await asyncio.sleep(1.0)
         while len(final) < len(ops):
             await asyncio.gather(*(one(o) for o in ops if o not in final))

@@ -64,6 +64,8 @@ async def test_hanging_upstream_answers_every_client_within_the_deadline(
     for sbx in sandboxes_up.values():
         await sbx.fault("hang", count=1000)
     requests = _hang_contacts()
+    # Open the client's connections first: the measure is the gateway's, not TCP's.
+    await asyncio.gather(*(gw.get("/healthz") for _ in requests))
     results = await asyncio.gather(*(_timed(gw, f"hang-{i}", body)
                                      for i, (_, body) in enumerate(requests)))
     sent = {f"hang-{i}": r[0] for i, r in enumerate(results)}
@@ -73,15 +75,19 @@ async def test_hanging_upstream_answers_every_client_within_the_deadline(
           f"min {min(latencies):.3f} max {max(latencies):.3f} s")
     assert {(r[2], r[3]) for r in results} == {(504, "upstream_timeout")}
     assert max(latencies) <= deadline + 0.25
-    attempts = 0
+    attempts, latest = 0, 0.0
     for sbx in sandboxes_up.values():
         for entry in await sbx.journal():
             rid = entry["headers"]["X-Request-ID"]
             attempts += 1
-            # Started within its request's deadline (20 ms for the request's own transit).
-            assert entry["at"] <= min(answered[rid], sent[rid] + deadline + 0.02), entry
+            latest = max(latest, entry["at"] - sent[rid])
+            # Arrived within its request's deadline, counted from the client's send: the
+            # gateway starts none in the deadline's last 50 ms, which covers the request's
+            # way in and the attempt's way out on loopback.
+            assert entry["at"] <= min(answered[rid], sent[rid] + deadline), entry
     assert attempts >= 2 * len(requests)  # each request retried within its deadline
-    print(f"hang: {attempts} upstream attempts, none after its request's deadline")
+    print(f"hang: {attempts} upstream attempts, the latest arriving {latest:.3f} s "
+          f"after its request was sent (deadline {deadline} s)")
 
 
 async def test_449_twice_then_success_within_the_deadline(
