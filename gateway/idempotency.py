@@ -39,6 +39,7 @@ from gateway.errors import (
     RequestInProgress,
     UpstreamAuthFailed,
 )
+from gateway.opstore_redis import once_more
 from gateway.redis_conn import REDIS_ERRORS
 from gateway.runtime import REDIS, RUNTIME, SERVICES
 
@@ -134,14 +135,16 @@ class RedisIdempotency:
         self._finish = redis.register_script(_FINISH)
 
     async def claim(self, scope: str, entry: Entry, ttl_s: float) -> Entry | None:
-        raw = await self._claim(keys=[scope], args=[entry.dumps(), _ms(ttl_s)])
+        args: list[bytes | int] = [entry.dumps(), _ms(ttl_s)]
+        raw = await once_more(lambda: self._claim(keys=[scope], args=args))
         return None if raw is None else Entry.loads(raw)
 
     async def finish(self, scope: str, entry: Entry, ttl_s: float) -> None:
-        await self._finish(keys=[scope], args=[entry.dumps(), _ms(ttl_s), entry.nonce])
+        args: list[bytes | int | str] = [entry.dumps(), _ms(ttl_s), entry.nonce]
+        await once_more(lambda: self._finish(keys=[scope], args=args))
 
     async def release(self, scope: str, nonce: str) -> None:
-        await self._finish(keys=[scope], args=["", 1, nonce])
+        await once_more(lambda: self._finish(keys=[scope], args=["", 1, nonce]))
 
 
 def _ms(seconds: float) -> int:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from cachetools import TTLCache
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway import redis_keys
 from gateway.operations import (
@@ -28,6 +31,17 @@ from gateway.operations import (
 from gateway.redis_conn import REDIS_ERRORS
 
 log = logging.getLogger("gateway")
+T = TypeVar("T")
+
+
+async def once_more(call: Callable[[], Awaitable[T]]) -> T:
+    """A Redis call, repeated once if its pooled connection had died (Redis restarted):
+    the repeat goes out on a fresh one. Every script here may run twice. Timeouts are
+    not repeated: they would only double the wait."""
+    try:
+        return await call()
+    except RedisConnectionError:
+        return await call()
 
 # The newest pointer is "<intent>|<op id>"; the contact lock is a sorted set of
 # "<intent>|<op id>" holders scored by expiry (Redis's own clock, the same for
@@ -114,11 +128,12 @@ class RedisStore:
     async def accept(self, rec: OpRecord, now: float) -> None:
         keys = [self._latest(rec), redis_keys.operations_due()]
         args: list[str | int] = [rec.id, repr(now), _ms(_latest_ttl(rec, now)), rec.intent]
-        await self._accept(keys=keys, args=args)
+        await once_more(lambda: self._accept(keys=keys, args=args))
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
         keys = [self._latest(rec), redis_keys.contact_lock(rec.plan.tenant, rec.contact)]
-        answer = await self._begin(keys=keys, args=[rec.intent, rec.id, _ms(hold_s)])
+        args: list[str | int] = [rec.intent, rec.id, _ms(hold_s)]
+        answer = await once_more(lambda: self._begin(keys=keys, args=args))
         text = answer.decode() if isinstance(answer, bytes) else str(answer)
         assert text in ("ok", "busy", "superseded")
         return text  # type: ignore[return-value]
@@ -133,13 +148,10 @@ class RedisStore:
         args: list[str | bytes | int] = [
             rec.id, rec.dumps(), _ms(ttl), "" if due is None else repr(due),
             lease or "", f"{rec.intent}|{rec.id}" if unlock else ""]
-        return bool(await self._save(keys=keys, args=args))
+        return bool(await once_more(lambda: self._save(keys=keys, args=args)))
 
     async def get(self, op_id: str) -> tuple[OpRecord, bool] | None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(redis_keys.operation(op_id))
-            pipe.exists(redis_keys.operation_lease(op_id))
-            raw, leased = await pipe.execute()
+        raw, leased = await once_more(lambda: self._get(op_id))
         if raw is None:
             return None
         return OpRecord.loads(raw), bool(leased)
@@ -147,11 +159,18 @@ class RedisStore:
     async def claim(self, now: float, limit: int, lease_s: float, token: str) -> list[OpRecord]:
         args: list[str | int] = [repr(now), limit, _ms(lease_s), token,
                                  redis_keys.operation_lease(""), redis_keys.operation("")]
-        raws = await self._claim(keys=[redis_keys.operations_due()], args=args)
+        raws = await once_more(lambda: self._claim(keys=[redis_keys.operations_due()],
+                                                   args=args))
         return [OpRecord.loads(raw) for raw in raws]
 
+    async def _get(self, op_id: str) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(redis_keys.operation(op_id))
+            pipe.exists(redis_keys.operation_lease(op_id))
+            return list(await pipe.execute())
+
     async def queued(self) -> int:
-        return int(await self.redis.zcard(redis_keys.operations_due()))
+        return int(await once_more(lambda: self.redis.zcard(redis_keys.operations_due())))
 
 
 def _latest_ttl(rec: OpRecord, now: float) -> float:

@@ -112,7 +112,7 @@ def config_dict(base_urls: dict[str, str], **overrides: Any) -> dict[str, Any]:
     }
     cfg: dict[str, Any] = {
         "clients": [{"name": name, "key_sha256": hash_key(CLIENT_KEYS[name]),
-                     "tenants": CLIENT_TENANTS[name], "admin": name == "admin"}
+                     "tenants": list(CLIENT_TENANTS[name]), "admin": name == "admin"}
                     for name in CLIENT_KEYS],
         "tenants": {
             "t-teli": {"provider": "teli-sb", "campaign_id": "camp_abc123",

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from tests.conftest import Sandbox
-from tests.retry.helpers import assign_body, gateway, post, retry_config, wait_final
 from tests.redis_server import RedisServer
+from tests.retry.helpers import assign_body, gateway, post, retry_config, wait_final
 
 
 async def test_redis_away_degrades_and_refuses_only_what_it_cannot_queue(
