@@ -23,6 +23,7 @@ boundary each (``gateway.upstream`` and the Redis helpers).
     │   ├── UntranslatableIdentifier     untranslatable_identifier 422
     │   ├── RateLimited                  rate_limited 429 (``retry_after``)
     │   └── ShuttingDown                 shutting_down 503 (``retry_after``)
+    ├── StoreUnavailable                 store_unavailable 503: Redis down, cannot queue durably
     └── ProviderError                    raised by adapters; ``provider`` set by the gateway
         ├── ContactNotFound              contact_not_found 404
         ├── AssigneeNotFound             assignee_not_found 404
@@ -152,6 +153,14 @@ class ShuttingDown(RequestError):
     code, status, title = "shutting_down", 503, "Shutting down"
 
 
+class StoreUnavailable(GatewayError):
+    """Redis is not answering: the gateway cannot promise ordering or durability,
+    so it refuses (fail closed) rather than run without them."""
+
+    code, status, title = "store_unavailable", 503, "Operations store unavailable"
+    retryable = True
+
+
 class ProviderError(GatewayError):
     """Raised by adapters for what the provider answered (or failed to)."""
 
@@ -217,7 +226,7 @@ class UpstreamTimeout(UpstreamUnavailable):
 ALL_ERRORS: tuple[type[GatewayError], ...] = (
     InvalidRequest, Unauthorized, Forbidden, UnknownTenant, NotFound, MethodNotAllowed,
     IdempotencyConflict, RequestInProgress, PayloadTooLarge, UnsupportedMediaType,
-    UnsupportedOperation, UntranslatableIdentifier, RateLimited, ShuttingDown,
+    UnsupportedOperation, UntranslatableIdentifier, RateLimited, ShuttingDown, StoreUnavailable,
     ContactNotFound, AssigneeNotFound, AmbiguousContact, UpstreamRejected,
     UpstreamAuthFailed, UpstreamUnavailable, UpstreamTimeout,
 )

@@ -32,6 +32,7 @@ from gateway.errors import (
     GatewayError,
     NotFound,
     RateLimited,
+    StoreUnavailable,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -41,7 +42,6 @@ from gateway.operations import (
     MemoryStore,
     OperationStore,
     OpRecord,
-    StoreUnavailable,
     problem_of,
     view,
 )

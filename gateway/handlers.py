@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from gateway import idempotency, logs
 from gateway.config import ClientSpec
+from gateway.dryrun import dry_run
 from gateway.executor import EXECUTOR
 from gateway.http import json_response, read_body
+from gateway.lifecycle import runtime_of
 from gateway.models import AssignRequest, Result, UnassignRequest
-from gateway.ratelimit import check_client
+from gateway.ratelimit import check_client, gate_for
 from gateway.redis_conn import REDIS_ERRORS
 from gateway.runtime import (
     CLIENT_NAME,
@@ -22,20 +26,23 @@ from gateway.runtime import (
 )
 from gateway.service import Plan, plan
 from gateway.spi import Operation
+from gateway.upstream import Call
 
 
 def authenticate(request: web.Request) -> ClientSpec:
-    client = request.app[RUNTIME].auth.authenticate(request.headers.get("Authorization"))
+    client = runtime_of(request).auth.authenticate(request.headers.get("Authorization"))
     request[CLIENT_NAME] = client.name
     return client
 
 
 async def _write(request: web.Request, operation: Operation,
                  model: type[UnassignRequest]) -> web.Response:
-    rt = request.app[RUNTIME]
+    rt = runtime_of(request)
     client = authenticate(request)
     await check_client(request, client)  # the client's own budget, before any work
     body = await read_body(request, model)
+    if request.query.get("dry_run", "").lower() in ("true", "1"):
+        return await _dry_run(request, rt, client, operation, body)
 
     async def run() -> web.Response:
         p = plan(rt.config, rt.providers, client, operation, body)
@@ -43,6 +50,18 @@ async def _write(request: web.Request, operation: Operation,
         return await run_plan(request, rt, p)
 
     return await idempotency.guarded(request, client.name, operation, body, run)
+
+
+async def _dry_run(request: web.Request, rt: Runtime, client: ClientSpec,
+                   operation: Operation, body: UnassignRequest) -> web.Response:
+    """Resolve and check against the tenant's current provider; reads only."""
+    p = plan(rt.config, rt.providers, client, operation, body)
+    logs.annotate_plan(p)
+    pc = rt.providers[p.provider]
+    deadline = asyncio.get_running_loop().time() + pc.config.retry.deadline_s
+    call = Call(pc, deadline, {"X-Request-ID": request[REQUEST_ID]},
+                gate=gate_for(request.app))
+    return json_response(await dry_run(p, pc, call))
 
 
 def _prefers_async(request: web.Request) -> bool:

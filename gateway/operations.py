@@ -58,16 +58,6 @@ FINAL_TTL_S = 24 * 3600.0
 LATEST_TTL_S = 7 * 24 * 3600.0
 
 
-class StoreUnavailable(GatewayError):
-    """Redis is not answering: the gateway cannot promise ordering or durability.
-
-    Refused (fail closed) rather than run without them; the code stays in the
-    closed set of metric labels.
-    """
-
-    status, title = 503, "Operations store unavailable"
-
-
 def contact_key(tenant: str, contact: ContactRef) -> str:
     """The per-contact ordering key: hashed, so no contact data lands in Redis key names."""
     raw = f"{tenant}\x00{contact.kind}:{contact.value}".encode()

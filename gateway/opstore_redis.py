@@ -20,13 +20,13 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway import redis_keys
+from gateway.errors import StoreUnavailable
 from gateway.operations import (
     FINAL_TTL_S,
     LATEST_TTL_S,
     Begin,
     MemoryStore,
     OpRecord,
-    StoreUnavailable,
 )
 from gateway.redis_conn import REDIS_ERRORS
 
