@@ -17,7 +17,7 @@ from gateway.executor import setup_operations
 from gateway.http import MAX_BODY, dumps, problem_middleware
 from gateway.idempotency import setup_idempotency
 from gateway.lifecycle import setup_lifecycle
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, metrics_from_env
 from gateway.openapi import build_openapi
 from gateway.ratelimit import gate_for, setup_ratelimit
 from gateway.redis_conn import connect
@@ -40,7 +40,7 @@ def create_app(config: Config, *, metrics: Metrics | None = None,
                services: Services | None = None,
                config_path: str | None = None) -> web.Application:
     app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY)
-    app[METRICS] = metrics or Metrics()
+    app[METRICS] = metrics or metrics_from_env()  # GATEWAY_METRICS=off: no recording
     app[SERVICES] = services or Services()
     app[OPENAPI] = dumps(build_openapi())
 

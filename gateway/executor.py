@@ -83,6 +83,11 @@ def attempt_span(pc: ProviderClient) -> float:
     return pc.config.timeout_s * MAX_EXCHANGES + pc.config.rate_limit.max_wait_s
 
 
+def _hold(pc: ProviderClient, deadline: float, loop: asyncio.AbstractEventLoop) -> float:
+    """How long a synchronous attempt holds its contact lock."""
+    return min(max(deadline - loop.time(), 0.0), attempt_span(pc)) + LOCK_MARGIN_S
+
+
 class Executor:
     """``store`` serves requests (it may degrade to this replica's memory while Redis
     is away); ``queue`` is where queued work lives and the background runs it."""
@@ -122,16 +127,21 @@ class Executor:
         now = self.wall()
         rec = OpRecord(self.new_id(), plan, request_id, now,
                        now + pc.config.retry.give_up_after_s)
-        await self._guard(self.store.accept(rec, now))
         if prefer_async:
+            await self._guard(self.store.accept(rec, now))
             return await self._queue(rec, now)
-        return await self._run_sync(pc, rec)
-
-    async def _run_sync(self, pc: ProviderClient, rec: OpRecord) -> Result | Queued:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + pc.config.retry.deadline_s
+        # Accepting and the first try for the lock are one store step (one Redis round trip).
+        first = await self._guard(self.store.accept_begin(rec, now, _hold(pc, deadline, loop)))
+        return await self._run_sync(pc, rec, deadline, first)
+
+    async def _run_sync(self, pc: ProviderClient, rec: OpRecord, deadline: float,
+                        first: Begin | None = None) -> Result | Queued:
+        loop = asyncio.get_running_loop()
         while True:
-            got = await self._acquire(pc, rec, deadline)
+            got = await self._acquire(pc, rec, deadline, first)
+            first = None
             if got != "ok" or deadline - loop.time() < MIN_ATTEMPT_S:
                 # Superseded, or the contact stayed busy: the background resolves it.
                 return await self._queue(rec, self.wall())
@@ -145,13 +155,17 @@ class Executor:
             else:
                 return await self._succeed(pc, rec, outcome)
 
-    async def _acquire(self, pc: ProviderClient, rec: OpRecord, deadline: float) -> Begin:
-        """Take the contact lock, waiting while another attempt holds it (up to the deadline)."""
+    async def _acquire(self, pc: ProviderClient, rec: OpRecord, deadline: float,
+                       first: Begin | None = None) -> Begin:
+        """Take the contact lock, waiting while another attempt holds it (up to the deadline).
+        ``first``: the answer of a ``begin`` already made (by ``accept_begin``)."""
         loop = asyncio.get_running_loop()
         while True:
             remaining = deadline - loop.time()
-            hold = min(max(remaining, 0.0), attempt_span(pc)) + LOCK_MARGIN_S
-            got = await self._guard(self.store.begin(rec, hold))
+            if first is not None:
+                got, first = first, None
+            else:
+                got = await self._guard(self.store.begin(rec, _hold(pc, deadline, loop)))
             if got != "busy" or remaining < BUSY_POLL_S + MIN_ATTEMPT_S:
                 return got
             await asyncio.sleep(BUSY_POLL_S)

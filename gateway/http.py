@@ -29,6 +29,8 @@ from gateway.errors import (
 from gateway.runtime import CLIENT_NAME, METRICS, REQUEST_ID
 
 MAX_BODY = 16 * 1024
+#: The status recorded (never sent) for a request whose client closed the connection.
+CLIENT_CLOSED_STATUS = 499
 #: A body must arrive within this long once it is being read: a client that
 #: drips its body a byte at a time (slow-loris) would otherwise hold the
 #: request, its task and its connection for as long as it likes.
@@ -115,6 +117,12 @@ async def _answer(request: web.Request,
     except GatewayError as e:
         rec.code = e.code
         return problem_response(e, rec.request_id)
+    except ConnectionResetError:
+        # The client went away mid-request (aiohttp's ClientConnectionResetError is one):
+        # not the gateway's failure, so not a 500 and not an ERROR line. The answer is
+        # never delivered; 499 (as nginx logs it) only labels the record.
+        rec.code, rec.status = "client_closed", CLIENT_CLOSED_STATUS
+        return web.Response(status=CLIENT_CLOSED_STATUS)
     except Exception as e:  # the last line of defence: never a traceback to a client
         # Only the type's name is kept: the exception's text could carry request data.
         rec.code, rec.error = "internal_error", type(e).__name__
@@ -129,10 +137,19 @@ async def read_body(request: web.Request, model: type[M]) -> M:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
     try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
+        if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
             raw = await request.read()
+        else:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                raw = await request.read()
     except TimeoutError:
         raise InvalidRequest(f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
+    try:
+        # The common case in one pass (pydantic parses the JSON itself). Any failure is
+        # diagnosed again below, so every refusal reads exactly as it always has.
+        return model.model_validate_json(raw)
+    except ValidationError:
+        pass
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -122,11 +122,19 @@ def annotate_result(result: object) -> None:
         annotate(operation_id=result.operation_id)
 
 
+_LEVELS = {"internal_error": logging.ERROR, "client_closed": logging.DEBUG}
+
+
 def emit(record: AccessRecord) -> None:
-    """Write the record's line: ERROR for the gateway's own failures, INFO otherwise."""
-    level = logging.ERROR if record.code == "internal_error" else logging.INFO
+    """Write the record's line: ERROR for the gateway's own failures, DEBUG for a client
+    that went away, INFO otherwise. Nothing is built unless the level is enabled."""
+    level = _LEVELS.get(record.code, logging.INFO)
     if ACCESS_LOG.isEnabledFor(level):
-        ACCESS_LOG.log(level, "%s", record.line().decode())
+        # Straight to handle(): Logger.log would first walk the stack for the caller's
+        # file and line (findCaller), which no access line shows. Handlers, filters
+        # and propagation are as for any record; the line is the whole message.
+        ACCESS_LOG.handle(ACCESS_LOG.makeRecord(
+            ACCESS_LOG.name, level, __file__, 0, record.line().decode(), None, None))
 
 
 def mask_phone(phone: str) -> str:

@@ -12,7 +12,8 @@ these names are in ``deploy/grafana`` and ``deploy/prometheus``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -42,8 +43,9 @@ ROUTES = frozenset({
     "/v1/assign", "/v1/unassign", "/v1/tenants", "/v1/operations/{id}", "/healthz",
     "/readyz", "/metrics", "/openapi.json", "/admin/reload", "other",
 })
-#: ``cancelled``: the handler was cancelled (the server shutting down) before it answered.
-RESULT_CODES = ERROR_CODES | {"ok", "queued", "cancelled"}
+#: ``cancelled``: the handler was cancelled (the server shutting down) before it answered;
+#: ``client_closed``: the client closed its connection before the answer.
+RESULT_CODES = ERROR_CODES | {"ok", "queued", "cancelled", "client_closed"}
 STATUS_CLASSES = frozenset({"1xx", "2xx", "3xx", "4xx", "5xx", "timeout", "error"})
 #: Upstream statuses kept exact, so a dashboard tells a provider's 401 (our key) from
 #: its 404 (a contact) or 429 (its limit); any other status is reduced to its class.
@@ -185,3 +187,50 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _NoopChild:
+    """Stands in for a labelled child when recording is off."""
+
+    def inc(self, amount: float = 1) -> None:
+        return None
+
+    def observe(self, amount: float) -> None:
+        return None
+
+    def set(self, value: float) -> None:
+        return None
+
+
+_NOOP_CHILD = _NoopChild()
+
+
+class NullMetrics(Metrics):
+    """``GATEWAY_METRICS=off``: the same families (``/metrics`` still answers), but the
+    request path records nothing, so the cost of recording can be measured."""
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        return _NOOP_CHILD
+
+    def request(self, route: str, code: str, seconds: float) -> None:
+        return None
+
+    def exchange(self, provider: str, operation: str, status: str, seconds: float) -> None:
+        return None
+
+    def cache(self, kind: str, result: str) -> None:
+        return None
+
+    def retry(self, provider: str, reason: str) -> None:
+        return None
+
+
+#: ``GATEWAY_METRICS=off`` (also ``0``, ``false``, ``no``) turns recording off.
+METRICS_ENV = "GATEWAY_METRICS"
+
+
+def metrics_from_env(environ: Mapping[str, str] | None = None) -> Metrics:
+    """The gateway's metrics, as ``GATEWAY_METRICS`` says; read once, at app creation."""
+    value = (os.environ if environ is None else environ).get(METRICS_ENV, "on")
+    off = value.strip().lower() in ("off", "0", "false", "no")
+    return NullMetrics() if off else Metrics()

@@ -75,6 +75,31 @@ if redis.call('PTTL', KEYS[2]) < hold then redis.call('PEXPIRE', KEYS[2], hold) 
 return 'ok'
 """
 
+# accept, then begin, in one round trip (a request's synchronous first attempt):
+# right after the accept this operation is its contact's newest, so begin's
+# superseded check cannot fire; only the lock is left to take.
+# KEYS: latest, due, lock. ARGV: id, now, latest ttl ms, intent, hold ms.
+_ACCEPT_BEGIN = """
+local mine = ARGV[4] .. '|'
+local prev = redis.call('GET', KEYS[1])
+local ttl = math.max(tonumber(ARGV[3]), redis.call('PTTL', KEYS[1]))
+redis.call('SET', KEYS[1], mine .. ARGV[1], 'PX', ttl)
+if prev and string.sub(prev, 1, #mine) ~= mine then
+  local sep = string.find(prev, '|', 1, true)
+  redis.call('ZADD', KEYS[2], 'XX', ARGV[2], string.sub(prev, sep + 1))
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, holder in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if string.sub(holder, 1, #mine) ~= mine then return 'busy' end
+end
+local hold = tonumber(ARGV[5])
+redis.call('ZADD', KEYS[3], now + hold, mine .. ARGV[1])
+if redis.call('PTTL', KEYS[3]) < hold then redis.call('PEXPIRE', KEYS[3], hold) end
+return 'ok'
+"""
+
 _SAVE = """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -118,6 +143,7 @@ class RedisStore:
         self.redis = redis
         self._accept = redis.register_script(_ACCEPT)
         self._begin = redis.register_script(_BEGIN)
+        self._accept_begin = redis.register_script(_ACCEPT_BEGIN)
         self._save = redis.register_script(_SAVE)
         self._claim = redis.register_script(_CLAIM)
 
@@ -134,9 +160,15 @@ class RedisStore:
         keys = [self._latest(rec), redis_keys.contact_lock(rec.plan.tenant, rec.contact)]
         args: list[str | int] = [rec.intent, rec.id, _ms(hold_s)]
         answer = await once_more(lambda: self._begin(keys=keys, args=args))
-        text = answer.decode() if isinstance(answer, bytes) else str(answer)
-        assert text in ("ok", "busy", "superseded")
-        return text  # type: ignore[return-value]
+        return _begin_answer(answer)
+
+    async def accept_begin(self, rec: OpRecord, now: float, hold_s: float) -> Begin:
+        keys = [self._latest(rec), redis_keys.operations_due(),
+                redis_keys.contact_lock(rec.plan.tenant, rec.contact)]
+        args: list[str | int] = [rec.id, repr(now), _ms(_latest_ttl(rec, now)), rec.intent,
+                                 _ms(hold_s)]
+        answer = await once_more(lambda: self._accept_begin(keys=keys, args=args))
+        return _begin_answer(answer)
 
     async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
                    unlock: bool = True) -> bool:
@@ -173,6 +205,12 @@ class RedisStore:
         return int(await once_more(lambda: self.redis.zcard(redis_keys.operations_due())))
 
 
+def _begin_answer(answer: Any) -> Begin:
+    text = answer.decode() if isinstance(answer, bytes) else str(answer)
+    assert text in ("ok", "busy", "superseded")
+    return text  # type: ignore[return-value]
+
+
 def _latest_ttl(rec: OpRecord, now: float) -> float:
     # The pointer must outlive every older operation of the contact that may
     # still be queued; each acceptance only ever lengthens it (see _ACCEPT).
@@ -206,6 +244,13 @@ class DegradingStore:
         except REDIS_ERRORS:
             self._degrade(rec)
             await self.local.accept(rec, now)
+
+    async def accept_begin(self, rec: OpRecord, now: float, hold_s: float) -> Begin:
+        try:
+            return await self.shared.accept_begin(rec, now, hold_s)
+        except REDIS_ERRORS:
+            self._degrade(rec)
+            return await self.local.accept_begin(rec, now, hold_s)
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
         if rec.id not in self._local_ops:

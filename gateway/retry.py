@@ -164,8 +164,14 @@ class MemoryBudget:
         return slots, now, firsts, retries
 
     async def first(self, provider: str) -> None:
-        slots, now, _, _ = self._counts(provider)
-        slots[("f", now)] = slots.get(("f", now), 0) + 1
+        # Every request counts one: within a second already seen, only the increment
+        # (old seconds are pruned when a new second starts, and by every allow()).
+        slots = self._slots.get(provider)
+        key = ("f", math.floor(self.clock()))
+        if slots is None or key not in slots:
+            slots, now, _, _ = self._counts(provider)
+            key = ("f", now)
+        slots[key] = slots.get(key, 0) + 1
 
     async def allow(self, provider: str) -> bool:
         slots, now, firsts, retries = self._counts(provider)

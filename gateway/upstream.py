@@ -38,6 +38,10 @@ Clock = Callable[[], float]
 #: An upstream answer larger than this is not what any provider documents.
 MAX_UPSTREAM_BODY = 1 << 20
 _NOT_FOUND = (ContactNotFound, AssigneeNotFound)
+#: The most upstream URLs a provider client keeps built.
+URL_CACHE = 1024
+_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None,
+                                    sock_connect=None)
 
 
 class UpstreamObserver(Protocol):
@@ -123,6 +127,8 @@ class ProviderClient:
         self.observer: UpstreamObserver = observer or NullObserver()
         self._base = config.base_url
         self._headers = {**adapter.auth_headers(), "User-Agent": "assignment-gateway/1"}
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        self._urls: dict[str, URL] = {}  # path -> URL, built once per path (bounded)
 
     @property
     def name(self) -> str:
@@ -131,7 +137,13 @@ class ProviderClient:
     def url(self, request: UpstreamRequest) -> URL:
         # encoded=True: the adapter already encoded each segment; yarl must not
         # re-encode or normalize it into another path.
-        return URL(self._base + request.path, encoded=True)
+        url = self._urls.get(request.path)
+        if url is None:
+            url = URL(self._base + request.path, encoded=True)
+            if len(self._urls) >= URL_CACHE:
+                self._urls.clear()  # paths that carry identifiers: kept bounded
+            self._urls[request.path] = url
+        return url
 
     async def exchange(self, request: UpstreamRequest, timeout_s: float,
                        extra_headers: Mapping[str, str] | None = None) -> UpstreamResponse:
@@ -151,18 +163,19 @@ class ProviderClient:
 
     async def _exchange(self, request: UpstreamRequest, timeout_s: float,
                         extra_headers: Mapping[str, str] | None) -> UpstreamResponse:
-        headers = dict(self._headers)
-        if extra_headers:
-            headers.update(extra_headers)
         data: bytes | None = None
+        base = self._headers
         if request.json is not None:
             data = orjson.dumps(request.json)
-            headers["Content-Type"] = "application/json"
+            base = self._json_headers
+        headers = {**base, **extra_headers} if extra_headers else base
         try:
+            # asyncio.timeout bounds the whole exchange; aiohttp's own timers would be
+            # a second, redundant set per request (_NO_TIMEOUT turns them off).
             async with asyncio.timeout(timeout_s):
                 async with self.session.request(
                     request.method, self.url(request), params=request.query or None,
-                    data=data, headers=headers, allow_redirects=False,
+                    data=data, headers=headers, allow_redirects=False, timeout=_NO_TIMEOUT,
                 ) as resp:
                     body = await resp.content.read(MAX_UPSTREAM_BODY + 1)
                     return self._response(resp, body)

@@ -74,18 +74,39 @@ def path_key(method: str, path: str) -> str:
     return "path:" + digest.hexdigest()
 
 
+#: The most scopes the limiter keeps built (path-scoped buckets add one per path).
+SCOPE_CACHE = 4096
+
+
 class Limiter:
     def __init__(self, backend: Backend, metrics: Metrics, policy: Callable[[], LimiterSpec],
                  *, clock: Clock, sleep: Sleep = asyncio.sleep) -> None:
         self.backend, self.metrics, self.policy = backend, metrics, policy
         self._clock, self._sleep = clock, sleep
+        # Scopes are pure functions of configuration objects (and, for path scope, of
+        # the method and path): built once and kept. An entry remembers the objects it
+        # was built from and is used only while they are the very same ones, so a
+        # reload (new objects) rebuilds it and a reused id() cannot return a stale one.
+        self._provider_scopes: dict[tuple[object, ...], tuple[object, object, Scope]] = {}
+        self._client_scopes: dict[int, tuple[ClientSpec, object, Scope | None]] = {}
 
     def provider_scope(self, client: ProviderClient, request: UpstreamRequest) -> Scope:
         spec = client.config.rate_limit
-        rate = spec.rate * (1.0 - self.policy().headroom)
+        policy = self.policy()
+        key: tuple[object, ...] = (client.name, id(spec), id(policy))
+        if spec.scope == "path":
+            key = (*key, request.method, request.path)
+        hit = self._provider_scopes.get(key)
+        if hit is not None and hit[0] is spec and hit[1] is policy:
+            return hit[2]
+        rate = spec.rate * (1.0 - policy.headroom)
         sub = path_key(request.method, request.path) if spec.scope == "path" else "account"
-        return Scope(redis_keys.bucket(client.name, sub), Bucket.of(rate, spec.burst),
-                     spec.max_wait_s, spec.scope)
+        scope = Scope(redis_keys.bucket(client.name, sub), Bucket.of(rate, spec.burst),
+                      spec.max_wait_s, spec.scope)
+        if len(self._provider_scopes) >= SCOPE_CACHE:
+            self._provider_scopes.clear()  # path scopes: one per contact path; kept bounded
+        self._provider_scopes[key] = (spec, policy, scope)
+        return scope
 
     @staticmethod
     def client_scope(client: ClientSpec) -> Scope | None:
@@ -94,9 +115,19 @@ class Limiter:
         bucket = Bucket.of(client.rate_limit.rate, client.rate_limit.burst)
         return Scope(redis_keys.client_bucket(client.name), bucket, 0.0, "client")
 
+    def _client_scope(self, client: ClientSpec) -> Scope | None:
+        hit = self._client_scopes.get(id(client))
+        if hit is not None and hit[0] is client and hit[1] is client.rate_limit:
+            return hit[2]
+        scope = self.client_scope(client)
+        if len(self._client_scopes) >= SCOPE_CACHE:
+            self._client_scopes.clear()
+        self._client_scopes[id(client)] = (client, client.rate_limit, scope)
+        return scope
+
     async def check_client(self, client: ClientSpec) -> None:
         """Spend one token of the client's own bucket, or raise ``RateLimited``."""
-        scope = self.client_scope(client)
+        scope = self._client_scope(client)
         if scope is not None:
             decision = await self.backend.reserve(scope.key, scope.bucket, 0.0)
             self._note(scope, decision)
