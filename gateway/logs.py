@@ -134,7 +134,7 @@ def emit(record: AccessRecord) -> None:
         # file and line (findCaller), which no access line shows. Handlers, filters
         # and propagation are as for any record; the line is the whole message.
         ACCESS_LOG.handle(ACCESS_LOG.makeRecord(
-            ACCESS_LOG.name, level, __file__, 0, record.line().decode(), None, None))
+            ACCESS_LOG.name, level, __file__, 0, record.line().decode(), (), None))
 
 
 def mask_phone(phone: str) -> str:
