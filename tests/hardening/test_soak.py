@@ -269,6 +269,11 @@ def _write_results(soak: Soak, verdict: dict[str, Any], started: float) -> None:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
     answers = ", ".join(f"{k}: {v}" for k, v in sorted(soak.statuses.items()))
     faults = ", ".join(f"{k}: {v}" for k, v in sorted(soak.faults.items()))
+    t0 = soak.samples[0][0] if soak.samples else 0.0
+    minute: dict[int, int] = {}
+    for t, kib, _ in soak.samples:
+        minute.setdefault(int((t - t0) // 60), kib)
+    series = ", ".join(f"{kib / 1024:.0f}" for _, kib in sorted(minute.items()))
     rss = (f"{verdict['rss_base_kib']} / {verdict['rss_end_kib']} "
            f"({'flat' if verdict['rss_ok'] else 'GREW'})")
     fds = (f"{verdict['fds_base']} / {verdict['fds_end']} "
@@ -291,6 +296,8 @@ Run {when}, {SOAK_S / 60:g} minutes, {RATE:g} requests/s open loop, a fault ever
 | 500 answers | {sum(v for k, v in soak.statuses.items() if k.startswith('500'))} |
 
 Answers: {answers}.
+
+Resident memory under load, MiB, one sample a minute: {series}.
 
 Faults: {faults}.
 <!-- soak:end -->

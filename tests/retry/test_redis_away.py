@@ -23,7 +23,7 @@ async def test_redis_away_degrades_and_refuses_only_what_it_cannot_queue(
     assert replay[1] == body and replay[2]["Idempotent-Replayed"] == "true"
     await sandboxes_up["aelyst"].fault(status=449, count=1)
     status, err, headers = await post(gw, "assign", assign_body("aelyst"))
-    assert (status, err["code"], headers["Retry-After"]) == (503, "internal_error", "1")
+    assert (status, err["code"], headers["Retry-After"]) == (503, "store_unavailable", "1")
     redis_server.start()  # the same port: the client reconnects by itself
     await sandboxes_up["aelyst"].fault(status=449, count=1)
     status, queued, _ = await post(gw, "assign", assign_body("aelyst"))
