@@ -12,7 +12,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 #: Everything a Redis call may raise that means "Redis is not answering right now".
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+#: RuntimeError is here because redis-py's asyncio client can raise it ("read()
+#: called while another coroutine is already waiting") from a pooled connection
+#: whose earlier read was cancelled by a timeout while Redis was going away
+#: (redis/redis-py#2540, #2722): the connection is unusable, not the process.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError,
+                                                 RuntimeError)
 
 
 def connect(url: str, *, timeout_s: float = 0.25, connect_timeout_s: float = 0.5,
