@@ -57,7 +57,10 @@ def sandbox_targets(cfg: Config) -> list[tuple[str, str, int, str]]:
 async def _start(app: web.Application, host: str, port: int,
                  shutdown_timeout: float = 5.0) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=shutdown_timeout)
+                           shutdown_timeout=shutdown_timeout,
+                           # aiohttp's default (3630 s) lets an idle or header-dripping
+                           # client hold a connection for an hour.
+                           keepalive_timeout=75)
     await runner.setup()
     # aiohttp's default backlog (128) overflows under a connection burst: the kernel
     # drops handshakes and each costs its client a SYN retransmit (1 s or more).
