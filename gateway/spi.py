@@ -281,3 +281,15 @@ def _http_date_delay(raw: str, now: Callable[[], float]) -> float | None:
     if when.tzinfo is None:  # "-0000" parses as naive; HTTP-dates are always GMT
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - now())
+
+
+def standard_rate_feedback(response: UpstreamResponse, window_s: float = 1.0) -> float | None:
+    """The common rate signals: a 429's ``Retry-After``, or ``X-RateLimit-Remaining: 0``
+    (then ``window_s``). Adapters whose provider documents these can return this."""
+    if response.status == 429:
+        wait = retry_after_s(response.headers)
+        if wait is not None:
+            return wait
+    if (header(response.headers, "X-RateLimit-Remaining") or "").strip() == "0":
+        return window_s
+    return None

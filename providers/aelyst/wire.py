@@ -33,8 +33,8 @@ from gateway.spi import (
     UpstreamRequest,
     UpstreamResponse,
     encode_path,
-    header,
     retry_after_s,
+    standard_rate_feedback,
 )
 
 
@@ -71,14 +71,9 @@ def read_assignee(response: UpstreamResponse, assignee: AssigneeRef | None) -> O
 
 def rate_feedback(response: UpstreamResponse) -> float | None:
     # Documented: 429 with Retry-After (seconds) and X-RateLimit-Remaining per
-    # method + path. A 449 is a queued contact, not a rate signal: not counted.
-    if response.status == 429:
-        wait = retry_after_s(response.headers)
-        if wait is not None:
-            return wait
-    if (header(response.headers, "X-RateLimit-Remaining") or "").strip() == "0":
-        return 1.0  # the documented window is one second
-    return None
+    # method + path, in a one-second window. A 449 is a queued contact, not a
+    # rate signal: not counted.
+    return standard_rate_feedback(response)
 
 
 def _assignee_value(assignee: AssigneeRef | None) -> int | str | None:

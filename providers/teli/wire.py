@@ -31,8 +31,8 @@ from gateway.spi import (
     UpstreamRequest,
     UpstreamResponse,
     encode_path,
-    header,
     retry_after_s,
+    standard_rate_feedback,
 )
 
 #: email (lower-case) -> (unique_id, name), active users of one organization.
@@ -143,13 +143,7 @@ def read_users(response: UpstreamResponse) -> UserDirectory:
 
 def rate_feedback(response: UpstreamResponse) -> float | None:
     # Teli documents no rate limit and no 429; honour the usual headers if they appear.
-    if response.status == 429:
-        wait = retry_after_s(response.headers)
-        if wait is not None:
-            return wait
-    if (header(response.headers, "X-RateLimit-Remaining") or "").strip() == "0":
-        return 1.0
-    return None
+    return standard_rate_feedback(response)
 
 
 def _assign_not_found(response: UpstreamResponse) -> ProviderError:

@@ -36,8 +36,8 @@ from gateway.spi import (
     UpstreamRequest,
     UpstreamResponse,
     encode_path,
-    header,
     retry_after_s,
+    standard_rate_feedback,
 )
 
 #: email (lower-case) -> (team member id, display name).
@@ -147,13 +147,7 @@ def read_assign(
 
 def rate_feedback(response: UpstreamResponse) -> float | None:
     # No limit or 429 is documented for these endpoints; honour the usual headers if sent.
-    if response.status == 429:
-        wait = retry_after_s(response.headers)
-        if wait is not None:
-            return wait
-    if (header(response.headers, "X-RateLimit-Remaining") or "").strip() == "0":
-        return 1.0
-    return None
+    return standard_rate_feedback(response)
 
 
 def _contacts(response: UpstreamResponse) -> list[Contact]:
