@@ -120,6 +120,10 @@ class NotFound(RequestError):
 class MethodNotAllowed(RequestError):
     code, status, title = "method_not_allowed", 405, "Method not allowed"
 
+    def __init__(self, detail: str = "", *, allow: str = "") -> None:
+        super().__init__(detail)
+        self.allow = allow  # the route's methods, for the Allow header (RFC 9110 15.5.6)
+
 
 class IdempotencyConflict(RequestError):
     code, status, title = "idempotency_conflict", 409, "Idempotency key reused with another body"

@@ -227,8 +227,17 @@ class Executor:
             store = self.store if lease is None else self.queue
             saved = await store.save(rec, due=None, lease=lease, unlock=unlock)
         except REDIS_ERRORS:
-            # The outcome stands (the provider has acted); only its record is missing.
-            log.warning("operation %s: could not record %s", rec.id, rec.status)
+            # The outcome stands (the provider has acted) and the client is about to
+            # learn it; the record must not be lost with Redis. A request's record waits
+            # in this replica until Redis answers (the worker flushes it). A background
+            # step's lease expires instead and the operation runs again (at least once).
+            if lease is None and isinstance(self.store, DegradingStore):
+                self.store.keep(rec, unlock=unlock)
+                log.warning("operation %s: Redis unreachable; its %s record waits here",
+                            rec.id, rec.status)
+                self._count(rec.status)
+            else:
+                log.warning("operation %s: could not record %s", rec.id, rec.status)
             return
         if saved:
             self._count(rec.status)

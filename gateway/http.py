@@ -53,6 +53,8 @@ def problem_response(err: GatewayError, request_id: str) -> web.Response:
     headers = {"X-Request-ID": request_id}
     if err.retry_after is not None:
         headers["Retry-After"] = str(max(1, int(err.retry_after + 0.999)))
+    if isinstance(err, MethodNotAllowed):
+        headers["Allow"] = err.allow
     return json_response(err.problem(), err.status, headers, "application/problem+json")
 
 
@@ -65,7 +67,8 @@ def _map_http(exc: web.HTTPException) -> GatewayError:
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
     if isinstance(exc, web.HTTPMethodNotAllowed):
-        return MethodNotAllowed("this route does not take that method")
+        return MethodNotAllowed("this route does not take that method",
+                                allow=exc.headers.get("Allow", ""))
     if isinstance(exc, web.HTTPNotFound):
         return NotFound("no such route")
     return InvalidRequest("the request could not be read")

@@ -194,8 +194,10 @@ def _key(request: web.Request) -> str | None:
     if key is None:
         return None
     if not 1 <= len(key) <= MAX_KEY or not key.isprintable():
+        why = ("must not be empty" if not key else f"at most {MAX_KEY} characters"
+               if len(key) > MAX_KEY else "printable characters only")
         raise InvalidRequest(f"{HEADER}: 1 to {MAX_KEY} printable characters",
-                             errors=[{"field": HEADER, "message": f"at most {MAX_KEY} characters"}])
+                             errors=[{"field": HEADER, "message": why}])
     return key
 
 

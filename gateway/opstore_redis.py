@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -217,6 +218,12 @@ def _latest_ttl(rec: OpRecord, now: float) -> float:
     return max(rec.give_up_at - now + FINAL_TTL_S, LATEST_TTL_S)
 
 
+#: Final records kept for Redis at most (the oldest are dropped, loudly), and written
+#: per flush (one worker tick).
+UNSAVED_MAX = 100_000
+FLUSH_BATCH = 512
+
+
 class DegradingStore:
     """Redis, or this replica's memory for requests that start while Redis is unreachable.
 
@@ -232,6 +239,33 @@ class DegradingStore:
     def __init__(self, shared: RedisStore, local: MemoryStore) -> None:
         self.shared, self.local = shared, local
         self._local_ops: TTLCache[str, bool] = TTLCache(100_000, 3600.0)
+        # Final records Redis did not take (it went away mid-request): the client has
+        # its answer, so the record waits here, served by get, until flush writes it.
+        self._unsaved: OrderedDict[str, tuple[OpRecord, bool]] = OrderedDict()
+
+    @property
+    def unsaved(self) -> int:
+        return len(self._unsaved)
+
+    def keep(self, rec: OpRecord, *, unlock: bool) -> None:
+        """Hold a final record whose save failed on Redis until :meth:`flush` writes it."""
+        if len(self._unsaved) >= UNSAVED_MAX:
+            old, _ = self._unsaved.popitem(last=False)
+            log.error("operations: %d records wait for Redis; dropped the oldest, %s",
+                      UNSAVED_MAX, old)
+        self._unsaved[rec.id] = (rec.copy(), unlock)
+
+    async def flush(self, limit: int = FLUSH_BATCH) -> int:
+        """Write up to ``limit`` kept records to Redis, oldest first; Redis errors pass."""
+        done = 0
+        while self._unsaved and done < limit:
+            op_id, (rec, unlock) = next(iter(self._unsaved.items()))
+            await self.shared.save(rec, due=None, unlock=unlock)
+            # A newer keep of the same id (impossible today) would stay for the next flush.
+            if self._unsaved.get(op_id, (None, False))[0] is rec:
+                del self._unsaved[op_id]
+            done += 1
+        return done
 
     def _degrade(self, rec: OpRecord) -> None:
         if not self._local_ops:
@@ -272,6 +306,9 @@ class DegradingStore:
         return await self.local.save(rec, due=None, lease=lease, unlock=unlock)
 
     async def get(self, op_id: str) -> tuple[OpRecord, bool] | None:
+        kept = self._unsaved.get(op_id)
+        if kept is not None:
+            return kept[0].copy(), False
         found = await self.local.get(op_id)
         return found if found is not None else await self.shared.get(op_id)
 

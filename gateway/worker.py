@@ -16,6 +16,7 @@ import logging
 import secrets
 from typing import TYPE_CHECKING
 
+from gateway.opstore_redis import DegradingStore
 from gateway.redis_conn import REDIS_ERRORS
 from gateway.runtime import METRICS
 
@@ -76,10 +77,22 @@ class Worker:
         if not self._store_ok:
             log.info("operations: Redis is back")
         self._store_ok = True
+        await self._flush()
         for rec in claimed:
             task = asyncio.create_task(ex.resume(rec, token))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self) -> None:
+        """Write the records that waited for Redis (see DegradingStore.keep)."""
+        store = self.executor.store
+        if isinstance(store, DegradingStore) and store.unsaved:
+            try:
+                n = await store.flush()
+            except REDIS_ERRORS:
+                return
+            log.info("operations: %d records written to Redis after an outage; %d wait",
+                     n, store.unsaved)
 
     async def _gauge(self) -> None:
         ex = self.executor
@@ -98,6 +111,7 @@ class Worker:
         self._wake.set()
         if self._loop is not None:
             await self._loop
+        await self._flush()  # a last chance for records that waited for Redis
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
             for task in pending:

@@ -11,10 +11,11 @@ import pytest
 
 from gateway.models import ContactOut
 from gateway.operations import MemoryStore, OperationStore, OpRecord
-from gateway.opstore_redis import RedisStore
-from gateway.redis_conn import connect
+from gateway.opstore_redis import DegradingStore, RedisStore
+from gateway.redis_conn import REDIS_ERRORS, connect
 from gateway.service import Plan
 from gateway.spi import AssignCommand, AssigneeRef, ContactRef, TenantContext, UnassignCommand
+from tests.redis_server import RedisServer
 
 LEASE_S = 0.3
 
@@ -112,3 +113,33 @@ async def test_a_lock_left_after_a_timeout_expires(store: OperationStore) -> Non
     assert await store.begin(b, 5) == "busy"
     await asyncio.sleep(LEASE_S + 0.1)
     assert await store.begin(b, 5) == "ok"
+
+
+async def test_a_final_record_redis_refused_waits_and_is_written_when_redis_returns(
+        redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url)
+    shared = RedisStore(redis)
+    store = DegradingStore(shared, MemoryStore(time.time))
+    try:
+        rec = _rec("op_kept")
+        assert await store.accept_begin(rec, time.time(), 5.0) == "ok"
+        redis_server.kill()
+        rec.status, rec.result = "succeeded", {"status": "assigned"}
+        with pytest.raises(REDIS_ERRORS):
+            await store.save(rec, due=None)
+        store.keep(rec, unlock=True)
+        found = await store.get("op_kept")  # served from this replica meanwhile
+        assert found is not None and found[0].status == "succeeded"
+        with pytest.raises(REDIS_ERRORS):
+            await store.flush()
+        assert store.unsaved == 1  # nothing dropped by a failed flush
+        redis_server.start()
+        assert await store.flush() == 1 and store.unsaved == 0
+        in_redis = await shared.get("op_kept")
+        assert in_redis is not None and in_redis[0].status == "succeeded"
+        # The contact lock went with it: another intent on the contact may begin.
+        other = _rec("op_next", assignee=None)
+        await store.accept(other, time.time())
+        assert await store.begin(other, 5.0) == "ok"
+    finally:
+        await redis.aclose()
