@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from gateway import logs
 from gateway.app import create_app
 from gateway.auth import hash_key
 from gateway.config import Config, ConfigError, load_config
@@ -75,6 +76,8 @@ async def _serve(cfg: Config, path: str, with_sandboxes: bool) -> None:
             sandbox_runners.append(await _start(sandboxes()[ptype](api_key=key), host, port))
             logging.getLogger("gateway").info("sandbox %s on %s:%d", ptype, host, port)
     app = create_app(cfg, config_path=path)
+    if _access_lines_reach_stderr_only():
+        logs.write_lines_to(sys.stderr.fileno())  # see gateway.logs.LineWriter
     runner = await _start(app, cfg.listen.host, cfg.listen.port,
                           shutdown_timeout=cfg.shutdown_grace_s)
     _tune_gc()
@@ -97,6 +100,19 @@ async def _serve(cfg: Config, path: str, with_sandboxes: bool) -> None:
     await runner.cleanup()
     for r in reversed(sandbox_runners):
         await r.cleanup()
+    logs.write_lines_to(None)  # flushes what is left
+
+
+def _access_lines_reach_stderr_only() -> bool:
+    """True when access lines would go nowhere but the root logger's stderr handler
+    (the logging that ``main`` sets up): only then may they bypass logging."""
+    access = logs.ACCESS_LOG
+    root = logging.getLogger()
+    handlers = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    return (not access.handlers and access.propagate and not access.filters
+            and not logging.getLogger("gateway").handlers
+            and len(root.handlers) == 1 == len(handlers)
+            and getattr(handlers[0], "stream", None) is sys.stderr)
 
 
 def _tune_gc() -> None:

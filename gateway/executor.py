@@ -192,12 +192,10 @@ class Executor:
         if rec.attempts == 1:
             await self.budget.first(pc.name)
         call = Call(pc, deadline, {"X-Request-ID": rec.request_id}, gate=self.gate())
-        try:
-            # Each exchange is bounded by Call; this bounds the adapter's work between them.
-            async with asyncio.timeout_at(deadline):
-                return await attempt(rec.plan, pc, call)
-        except TimeoutError:
-            raise UpstreamTimeout("the deadline passed", provider=pc.config.type) from None
+        # No timer of its own: an adapter awaits nothing but its Call, and the Call
+        # bounds every wait (the limiter's slot, each exchange, a look-up another
+        # request is making) by this deadline.
+        return await attempt(rec.plan, pc, call)
 
     async def _queue(self, rec: OpRecord, due: float) -> Queued:
         rec.status, rec.updated_at = "queued", self.wall()

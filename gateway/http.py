@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -17,7 +16,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gateway import logs
+from gateway import ids, logs
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -77,7 +76,7 @@ def _map_http(exc: web.HTTPException) -> GatewayError:
 def _request_id(request: web.Request) -> str:
     # A client's id is kept only when it is short and plain: it goes into logs and upstream.
     rid = request.headers.get("X-Request-ID", "")
-    return rid if _REQUEST_ID.match(rid) else secrets.token_hex(8)
+    return rid if rid and _REQUEST_ID.match(rid) else ids.token_hex(8)
 
 
 @web.middleware

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 import orjson
-from cachetools import TTLCache
 
 from gateway.errors import GatewayError
 from gateway.models import ContactOut, OperationView, Problem, Result
@@ -68,9 +68,15 @@ def contact_key(tenant: str, contact: ContactRef) -> str:
 
 
 def intent_of(p: Plan) -> str:
-    """What an operation asks of its contact (not who asked or which provider does it)."""
-    raw = orjson.dumps([p.operation, command_dict(p.command)], option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    """What an operation asks of its contact (not who asked or which provider does it):
+    a digest of every field of its command, the same on every replica."""
+    c = p.command
+    t, contact = c.tenant, c.contact
+    parts = [p.operation, t.name, t.default_region, t.campaign_id, t.organization_id,
+             contact.kind, contact.value, c.campaign_id, c.assigned_by]
+    if isinstance(c, AssignCommand):
+        parts += [c.assignee.kind, c.assignee.value, c.mode]
+    return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:16]  # a JSON list: unambiguous
 
 
 def command_dict(command: AssignCommand | UnassignCommand) -> dict[str, Any]:
@@ -216,6 +222,50 @@ class OperationStore(Protocol):
         ...
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Expiring(Generic[K, V]):
+    """A bounded map whose entries expire ``ttl_s`` after they were written.
+
+    Entries are kept in write order (an OrderedDict: O(1) at both ends); past
+    ``maxsize`` the oldest goes. Expiry is lazy (a stale entry reads as absent)
+    plus a trim of stale entries from the old end on each write, so neither a
+    write nor a read ever walks the map.
+    """
+
+    def __init__(self, maxsize: int, ttl_s: float, clock: Callable[[], float]) -> None:
+        self.maxsize, self.ttl_s, self.clock = maxsize, ttl_s, clock
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: K) -> V | None:
+        entry = self._data.get(key)
+        if entry is None or entry[0] <= self.clock():
+            return None
+        return entry[1]
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None  # type: ignore[arg-type]
+
+    def __setitem__(self, key: K, value: V) -> None:
+        data, now = self._data, self.clock()
+        data[key] = (now + self.ttl_s, value)
+        data.move_to_end(key)
+        for _ in range(2):  # a couple of stale entries per write keeps pace with writes
+            oldest = next(iter(data.values()))
+            if oldest[0] > now and len(data) <= self.maxsize:
+                break
+            data.popitem(last=False)
+
+    def pop(self, key: K) -> V | None:
+        entry = self._data.pop(key, None)
+        return None if entry is None else entry[1]
+
+
 class MemoryStore:
     """In-process operations (``redis_url: null``): one replica, lost on restart."""
 
@@ -226,10 +276,9 @@ class MemoryStore:
         self.live: dict[str, OpRecord] = {}
         # Bounded by count too: this replica's memory is all there is, and every kept
         # record is heap the collector walks (see MEMORY_FINALS).
-        self.finals: TTLCache[str, OpRecord] = TTLCache(MEMORY_FINALS, FINAL_TTL_S, timer=clock)
+        self.finals: Expiring[str, OpRecord] = Expiring(MEMORY_FINALS, FINAL_TTL_S, clock)
         # contact -> (newest op id, its intent)
-        self.latest: TTLCache[str, tuple[str, str]] = TTLCache(1_000_000, LATEST_TTL_S,
-                                                               timer=clock)
+        self.latest: Expiring[str, tuple[str, str]] = Expiring(1_000_000, LATEST_TTL_S, clock)
         self.locks: dict[str, tuple[str, dict[str, float]]] = {}  # contact -> intent, holders
         self.leases: dict[str, tuple[str, float]] = {}  # op id -> (token, expires)
         self.due: dict[str, float] = {}

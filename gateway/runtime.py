@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from redis.asyncio import Redis
 
+from gateway import ids
 from gateway.auth import ClientAuth
 from gateway.config import Config
 from gateway.metrics import Metrics
@@ -63,7 +63,7 @@ class Services:
     """Injected dependencies: the adapter registry, ids, and the clock."""
 
     registry: Mapping[str, AdapterClass] = field(default_factory=adapters)
-    new_id: Callable[[], str] = field(default=lambda: "op_" + secrets.token_hex(12))
+    new_id: Callable[[], str] = field(default=ids.operation_id)
     clock: Callable[[], float] | None = None  # None: the event loop's clock
     # Operations and idempotency records are shared between hosts, so their
     # times (due, created, leases) are wall-clock seconds.

@@ -72,7 +72,9 @@ class LookupCache:
         self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
     async def get(self, kind: str, key: str, load: Callable[[], Awaitable[T]],
-                  observer: UpstreamObserver) -> T:
+                  observer: UpstreamObserver, wait_s: float | None = None) -> T:
+        """The cached value, or ``load()``'s; ``wait_s`` bounds waiting for a load that
+        another caller started (UpstreamTimeout after it)."""
         k = (kind, key)
         if k in self._hits:
             observer.cache(kind, "hit")
@@ -83,7 +85,11 @@ class LookupCache:
         pending = self._inflight.get(k)
         if pending is not None:
             observer.cache(kind, "hit")
-            return cast(T, await asyncio.shield(pending))
+            try:
+                async with asyncio.timeout(wait_s):
+                    return cast(T, await asyncio.shield(pending))
+            except TimeoutError:
+                raise UpstreamTimeout("the request's deadline passed") from None
         observer.cache(kind, "miss")
         return await self._load(k, load)
 
@@ -246,7 +252,8 @@ class Call:
         return response
 
     async def lookup(self, kind: str, key: str, load: Callable[[], Awaitable[T]]) -> T:
-        return await self.client.cache.get(kind, key, load, self.client.observer)
+        return await self.client.cache.get(kind, key, load, self.client.observer,
+                                           max(0.0, self.remaining()))
 
 
 def new_session(limit: int = 0) -> aiohttp.ClientSession:
