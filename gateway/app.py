@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import handlers
+from gateway import handlers, redis_conn
 from gateway.auth import ClientAuth
 from gateway.config import Config
 from gateway.executor import setup_operations
@@ -54,7 +54,7 @@ def create_app(config: Config, *, metrics: Metrics | None = None,
         yield
         await close_providers(app[RUNTIME].providers)
         if REDIS in app:
-            await app[REDIS].aclose()
+            await redis_conn.close(app[REDIS])
 
     app.cleanup_ctx.append(resources)
     setup_ratelimit(app)  # after resources: it uses app[REDIS]

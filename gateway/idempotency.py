@@ -40,7 +40,7 @@ from gateway.errors import (
     UpstreamAuthFailed,
 )
 from gateway.opstore_redis import once_more
-from gateway.redis_conn import REDIS_ERRORS
+from gateway.redis_conn import REDIS_ERRORS, Script
 from gateway.runtime import REDIS, RUNTIME, SERVICES
 
 HEADER = "Idempotency-Key"
@@ -131,8 +131,8 @@ return 1
 
 class RedisIdempotency:
     def __init__(self, redis: Redis) -> None:
-        self._claim = redis.register_script(_CLAIM)
-        self._finish = redis.register_script(_FINISH)
+        self._claim = Script(redis, _CLAIM)
+        self._finish = Script(redis, _FINISH)
 
     async def claim(self, scope: str, entry: Entry, ttl_s: float) -> Entry | None:
         args: list[bytes | int] = [entry.dumps(), _ms(ttl_s)]

@@ -29,7 +29,7 @@ from gateway.operations import (
     MemoryStore,
     OpRecord,
 )
-from gateway.redis_conn import REDIS_ERRORS
+from gateway.redis_conn import REDIS_ERRORS, Script
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
@@ -142,11 +142,11 @@ class RedisStore:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._accept = redis.register_script(_ACCEPT)
-        self._begin = redis.register_script(_BEGIN)
-        self._accept_begin = redis.register_script(_ACCEPT_BEGIN)
-        self._save = redis.register_script(_SAVE)
-        self._claim = redis.register_script(_CLAIM)
+        self._accept = Script(redis, _ACCEPT)
+        self._begin = Script(redis, _BEGIN)
+        self._accept_begin = Script(redis, _ACCEPT_BEGIN)
+        self._save = Script(redis, _SAVE)
+        self._claim = Script(redis, _CLAIM)
 
     @staticmethod
     def _latest(rec: OpRecord) -> str:

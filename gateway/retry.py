@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 from gateway import redis_keys
 from gateway.config import RetrySpec
 from gateway.errors import GatewayError
-from gateway.redis_conn import REDIS_ERRORS
+from gateway.redis_conn import REDIS_ERRORS, Script
 
 log = logging.getLogger("gateway")
 
@@ -218,7 +218,7 @@ class RedisBudget:
     def __init__(self, redis: Redis, clock: Callable[[], float], *, ratio: float = 0.1,
                  floor: int = 10, window_s: int = 10) -> None:
         self.clock, self.ratio, self.floor, self.window_s = clock, ratio, floor, window_s
-        self._script = redis.register_script(_BUDGET_LUA)
+        self._script = Script(redis, _BUDGET_LUA)
         self.local = MemoryBudget(clock, ratio=ratio, floor=floor, window_s=window_s)
         self._pending: dict[str, int] = {}
         self._flushed: dict[str, float] = {}

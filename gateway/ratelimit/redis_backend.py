@@ -21,7 +21,7 @@ import contextlib
 from redis.asyncio import Redis
 
 from gateway.ratelimit.gcra import US, Bucket, Decision
-from gateway.redis_conn import REDIS_ERRORS
+from gateway.redis_conn import REDIS_ERRORS, Script, lean_pool
 
 # KEYS[1]: the bucket. ARGV: op ("r" reserve | "p" pause), interval_us, burst,
 # max_wait_us, floor_us (reserve) or pause_us (pause).
@@ -59,7 +59,7 @@ class RedisBackend:
 
     def __init__(self, redis: Redis, *, timeout_s: float = 0.3) -> None:
         self._redis = redis
-        self._script = redis.register_script(SCRIPT)
+        self._script = Script(redis, SCRIPT)
         self._timeout_s = timeout_s
 
     async def reserve(self, key: str, bucket: Bucket, max_wait_s: float,
@@ -86,6 +86,7 @@ class RedisBackend:
         would fail and send the limiter back into degraded mode. Closed, they
         reconnect on their next use.
         """
+        lean_pool(self._redis).disconnect_idle()
         with contextlib.suppress(*REDIS_ERRORS):
             async with asyncio.timeout(self._timeout_s):
                 await self._redis.connection_pool.disconnect(inuse_connections=False)
@@ -94,10 +95,9 @@ class RedisBackend:
                     arg_us: int) -> list[int]:
         args = (op, bucket.interval_us, bucket.burst, max_wait_us, arg_us)
         try:
-            # The client's socket timeouts bound each command; this also bounds the
-            # reload after NOSCRIPT and a wait for a pooled connection.
-            async with asyncio.timeout(self._timeout_s):
-                out = await self._script(keys=[key], args=args)
+            # The lean pool bounds each command (its wait for a connection included)
+            # by the client's socket timeout.
+            out = await self._script(keys=[key], args=args)
         except REDIS_ERRORS as e:
             # The exception's text is not kept: it can carry the server address.
             raise BackendUnavailable(type(e).__name__) from None
