@@ -438,3 +438,15 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(f"- {k}: {v.splitlines()[0]}")
     out.append("")
     return "\n".join(out)
+
+
+SOAK_START, SOAK_END = "<!-- soak:start -->", "<!-- soak:end -->"
+
+
+def keep_soak(new: str, old: str) -> str:
+    """``new`` with the soak section of ``old`` (``make soak`` writes it; a benchmark
+    run must not erase it) appended, when ``old`` has one."""
+    start, end = old.find(SOAK_START), old.find(SOAK_END)
+    if start < 0 or end < start or SOAK_START in new:
+        return new
+    return new.rstrip("\n") + "\n\n" + old[start:end + len(SOAK_END)] + "\n"

@@ -370,7 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = report.build(meta, runs, args)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-        (args.out / "RESULTS.md").write_text(report.markdown(results))
+        path = args.out / "RESULTS.md"
+        old = path.read_text() if path.exists() else ""
+        path.write_text(report.keep_soak(report.markdown(results), old))
         log(f"wrote {args.out / 'RESULTS.md'} and {args.out / 'results.json'}")
         print(report.bars_text(results))
     finally:

@@ -36,7 +36,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.models import OperationView, Queued, Result
+from gateway.models import OperationView, Queued
 from gateway.operations import (
     Begin,
     MemoryStore,
@@ -57,7 +57,7 @@ from gateway.retry import (
     sync_action,
 )
 from gateway.runtime import METRICS, REDIS, RUNTIME, SERVICES, Runtime
-from gateway.service import Plan, attempt, result
+from gateway.service import Done, Plan, attempt, result
 from gateway.spi import Outcome
 from gateway.upstream import Call, ProviderClient, UpstreamGate
 from gateway.worker import Worker
@@ -121,7 +121,7 @@ class Executor:
     # -- the synchronous path --------------------------------------------------------
 
     async def submit(self, rt: Runtime, plan: Plan, request_id: str,
-                     prefer_async: bool) -> Result | Queued:
+                     prefer_async: bool) -> Done | Queued:
         """Run an accepted plan within its deadline, or queue it and return Queued."""
         pc = rt.providers[plan.provider]
         now = self.wall()
@@ -137,7 +137,7 @@ class Executor:
         return await self._run_sync(pc, rec, deadline, first)
 
     async def _run_sync(self, pc: ProviderClient, rec: OpRecord, deadline: float,
-                        first: Begin | None = None) -> Result | Queued:
+                        first: Begin | None = None) -> Done | Queued:
         loop = asyncio.get_running_loop()
         while True:
             got = await self._acquire(pc, rec, deadline, first)
@@ -207,11 +207,11 @@ class Executor:
         return Queued(operation_id=rec.id)
 
     async def _succeed(self, pc: ProviderClient, rec: OpRecord, outcome: Outcome,
-                       lease: str | None = None) -> Result:
-        res = result(rec.plan, pc.config.type, outcome, rec.id, rec.attempts)
-        rec.status, rec.result = "succeeded", res.model_dump(mode="json")
+                       lease: str | None = None) -> Done:
+        done = result(rec.plan, pc.config.type, outcome, rec.id, rec.attempts)
+        rec.status, rec.result = "succeeded", done.body
         await self._final(rec, lease, unlock=True)
-        return res
+        return done
 
     async def _fail(self, rec: OpRecord, err: GatewayError, lease: str | None) -> None:
         rec.status, rec.error = "failed", problem_of(err)

@@ -12,7 +12,7 @@ from gateway.dryrun import dry_run
 from gateway.executor import EXECUTOR
 from gateway.http import json_response, read_body
 from gateway.lifecycle import runtime_of
-from gateway.models import AssignRequest, Result, UnassignRequest
+from gateway.models import AssignRequest, UnassignRequest
 from gateway.ratelimit import check_client, gate_for
 from gateway.redis_conn import REDIS_ERRORS
 from gateway.runtime import (
@@ -24,7 +24,7 @@ from gateway.runtime import (
     RUNTIME,
     Runtime,
 )
-from gateway.service import Plan, plan
+from gateway.service import Done, Plan, plan
 from gateway.spi import Operation
 from gateway.upstream import Call
 
@@ -75,8 +75,8 @@ async def run_plan(request: web.Request, rt: Runtime, p: Plan) -> web.Response:
     prefer_async = _prefers_async(request)
     out = await request.app[EXECUTOR].submit(rt, p, request[REQUEST_ID], prefer_async)
     logs.annotate_result(out)
-    if isinstance(out, Result):
-        return json_response(out)
+    if isinstance(out, Done):
+        return json_response(out.body)
     headers = {"Location": f"/v1/operations/{out.operation_id}"}
     if prefer_async:
         headers["Preference-Applied"] = "respond-async"

@@ -28,14 +28,11 @@ import os
 import time
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import orjson
 
 from gateway.models import Queued, Result
-
-if TYPE_CHECKING:
-    from gateway.service import Plan
+from gateway.service import Done, Plan
 
 ACCESS_LOG = logging.getLogger("gateway.access")
 
@@ -121,7 +118,7 @@ def annotate_plan(plan: Plan) -> None:
 
 def annotate_result(result: object) -> None:
     """The operation id and attempts of an answer (a Result, or Queued for a 202)."""
-    if isinstance(result, Result):
+    if isinstance(result, Result | Done):
         annotate(operation_id=result.operation_id, attempts=result.attempts)
     elif isinstance(result, Queued):
         annotate(operation_id=result.operation_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, cast
 
 from gateway.auth import check_tenant
 from gateway.config import ClientSpec, Config, TenantSpec
@@ -24,11 +25,9 @@ from gateway.errors import (
 from gateway.identifiers import check_provider_id, normalize_email, normalize_phone
 from gateway.models import (
     AssigneeIn,
-    AssigneeOut,
     AssignRequest,
     ContactIn,
     ContactOut,
-    Result,
     UnassignRequest,
 )
 from gateway.spi import (
@@ -153,15 +152,36 @@ async def attempt(plan: Plan, pc: ProviderClient, call: Upstream) -> Outcome:
         raise
 
 
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A succeeded operation's answer: ``body`` is its :class:`Result` as JSON, built
+    directly (the request path would otherwise build the model and dump it twice;
+    ``tests/unit/test_result_body.py`` holds the two to the same output)."""
+
+    body: dict[str, Any]
+
+    @property
+    def operation_id(self) -> str:
+        return cast(str, self.body["operation_id"])
+
+    @property
+    def attempts(self) -> int:
+        return cast(int, self.body["attempts"])
+
+
 def result(plan: Plan, provider_type: str, outcome: Outcome, operation_id: str,
-           attempts: int) -> Result:
-    contact = plan.contact.model_copy(update={"provider_id": outcome.contact_provider_id})
-    assignee = None
+           attempts: int) -> Done:
+    c = plan.contact
+    contact: dict[str, Any] = {k: v for k, v in (("phone", c.phone), ("email", c.email),
+                                                  ("id", c.id)) if v is not None}
+    contact["provider_id"] = outcome.contact_provider_id
+    assignee: dict[str, Any] | None = None
     if plan.operation == "assign" and outcome.assignee_provider_id is not None:
-        assignee = AssigneeOut(provider_id=outcome.assignee_provider_id,
-                               name=outcome.assignee_name)
-    return Result(
-        status="assigned" if plan.operation == "assign" else "unassigned",
-        operation_id=operation_id, tenant=plan.tenant, provider=provider_type,
-        contact=contact, assignee=assignee, attempts=attempts,
-    )
+        assignee = {"provider_id": outcome.assignee_provider_id}
+        if outcome.assignee_name is not None:
+            assignee["name"] = outcome.assignee_name
+    return Done({
+        "status": "assigned" if plan.operation == "assign" else "unassigned",
+        "operation_id": operation_id, "tenant": plan.tenant, "provider": provider_type,
+        "contact": contact, "assignee": assignee, "attempts": attempts,
+    })

@@ -59,7 +59,7 @@ def assignee_request(contact: ContactRef, assignee: AssigneeRef | None) -> Upstr
 def read_assignee(response: UpstreamResponse, assignee: AssigneeRef | None) -> Outcome:
     _raise_for_status(response, assign=assignee is not None)
     try:
-        body = AssigneeResponse.model_validate(orjson.loads(response.body))
+        body = AssigneeResponse.model_validate_json(response.body)
     except (orjson.JSONDecodeError, ValidationError):
         # "from None": a validation error quotes the body, which must not reach logs.
         raise UpstreamMalformed(

@@ -190,7 +190,7 @@ def _error_text(response: UpstreamResponse) -> str:
 
 def _parse(model: type[W], response: UpstreamResponse) -> W:
     try:
-        return model.model_validate(orjson.loads(response.body))
+        return model.model_validate_json(response.body)
     except (orjson.JSONDecodeError, ValidationError):
         # "from None": a validation error quotes the body, which must not reach logs.
         raise UpstreamMalformed(
