@@ -25,6 +25,7 @@ from gateway.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from gateway.ratelimit.wiring import add_headers as ratelimit_headers
 from gateway.runtime import CLIENT_NAME, METRICS, REQUEST_ID
 
 MAX_BODY = 16 * 1024
@@ -92,6 +93,7 @@ async def problem_middleware(
     try:
         resp = await _answer(request, handler, rec)
         resp.headers["X-Request-ID"] = rid
+        ratelimit_headers(request, resp)
         rec.status = resp.status
         return resp
     except asyncio.CancelledError:

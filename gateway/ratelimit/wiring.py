@@ -1,5 +1,5 @@
 """The limiter on the aiohttp application: built with the app's resources, and the
-rate-limit headers on every answer of the write routes.
+rate-limit headers on every answer of the write routes (:func:`add_headers`).
 
 Headers follow the IETF draft (``RateLimit-Limit``, ``RateLimit-Remaining``,
 ``RateLimit-Reset`` in seconds) and describe the tightest bucket the request went
@@ -39,7 +39,6 @@ def setup_ratelimit(app: web.Application, *, probe_interval_s: float = 0.25) -> 
         await app[LIMITER].close()
 
     app.cleanup_ctx.append(limiter_ctx)
-    app.on_response_prepare.append(_headers)
 
 
 def build_limiter(app: web.Application, probe_interval_s: float) -> Limiter:
@@ -67,7 +66,9 @@ async def check_client(request: web.Request, client: ClientSpec) -> None:
     await request.app[LIMITER].check_client(client)
 
 
-async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The rate-limit headers of the buckets ``request`` spent, if any (the HTTP
+    middleware calls this on every answer: a signal would cost an await each)."""
     budget = request.get(_BUDGET)
     tightest = budget.tightest() if budget is not None else None
     if tightest is None:
