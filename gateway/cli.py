@@ -29,6 +29,8 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 LISTEN_BACKLOG = 2048
 #: The collector's generation-0 threshold while serving (CPython's default is 700).
 GC_GEN0_THRESHOLD = 50_000
+#: The young generations are collected at least this often (see _collect_young).
+GC_YOUNG_EVERY_S = 30.0
 
 
 def _check_config(path: str) -> int:
@@ -81,6 +83,7 @@ async def _serve(cfg: Config, path: str, with_sandboxes: bool) -> None:
     runner = await _start(app, cfg.listen.host, cfg.listen.port,
                           shutdown_timeout=cfg.shutdown_grace_s)
     _tune_gc()
+    collector = asyncio.get_running_loop().create_task(_collect_young(GC_YOUNG_EVERY_S))
     print(f"gateway serving on http://{cfg.listen.host}:{cfg.listen.port}", flush=True)
     lifecycle = app[LIFECYCLE]
     loop = asyncio.get_running_loop()
@@ -97,10 +100,25 @@ async def _serve(cfg: Config, path: str, with_sandboxes: bool) -> None:
     lifecycle.begin_drain()
     idle = await lifecycle.wait_idle(lifecycle.runtime.config.shutdown_grace_s)
     logging.getLogger("gateway").info("shutting down (%s)", "drained" if idle else "grace over")
+    collector.cancel()
     await runner.cleanup()
     for r in reversed(sandbox_runners):
         await r.cleanup()
     logs.write_lines_to(None)  # flushes what is left
+
+
+async def _collect_young(every_s: float) -> None:
+    """Collect the young generations every ``every_s`` seconds.
+
+    With the high threshold of :func:`_tune_gc` the count that triggers a
+    collection is net (allocations minus frees): at a low request rate it can
+    take an hour to reach, and any reference cycle (a request that failed, with
+    its traceback and frames) stays allocated that long. Measured: 1.5 to 5 ms
+    per collection, against 10 to 15 MiB held otherwise in a soak.
+    """
+    while True:
+        await asyncio.sleep(every_s)
+        gc.collect(1)
 
 
 def _access_lines_reach_stderr_only() -> bool:

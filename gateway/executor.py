@@ -148,7 +148,14 @@ class Executor:
             try:
                 outcome = await self._attempt(pc, rec, deadline)
             except GatewayError as err:
-                queue, wait = await self._sync_retry(pc, rec, err, deadline - loop.time())
+                step = await self._sync_retry(pc, rec, err, deadline - loop.time())
+                if step is None:
+                    # A bare raise, here: raised from a frame that keeps ``err`` (as
+                    # _sync_retry's parameter), the error's traceback would hold that
+                    # frame and the frame the error, a cycle that keeps the whole
+                    # request alive until a full collection.
+                    raise
+                queue, wait = step
                 if queue:
                     return await self._queue(rec, self.wall() + wait)
                 await asyncio.sleep(wait)
@@ -171,8 +178,9 @@ class Executor:
             await asyncio.sleep(BUSY_POLL_S)
 
     async def _sync_retry(self, pc: ProviderClient, rec: OpRecord, err: GatewayError,
-                          remaining: float) -> tuple[bool, float]:
-        """(queue it instead of sleeping, the wait); raises ``err`` when the request fails."""
+                          remaining: float) -> tuple[bool, float] | None:
+        """(queue it instead of sleeping, the wait), or None when the request fails
+        with ``err`` (recorded here; the caller raises it)."""
         spec = pc.config.retry
         retry = next_retry(err, spec, rec, self.rand())
         action = "fail" if retry is None else sync_action(
@@ -182,7 +190,7 @@ class Executor:
             action = "fail"  # the budget is spent: failing fast adds no load to an outage
         if action == "fail" or retry is None:
             await self._fail(rec, err, lease=None)
-            raise err
+            return None
         self.app[METRICS].retry(pc.name, retry.reason)
         rec.reason = retry.reason
         return action == "queue", retry.wait_s

@@ -12,6 +12,7 @@ operation: it carries the operation's deadline, so no attempt outlives it.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar, cast
 
@@ -81,7 +82,9 @@ class LookupCache:
             return cast(T, self._hits[k])
         if k in self._misses:
             observer.cache(kind, "hit")
-            raise self._misses[k]
+            # A copy per raise: raising the one cached object again and again would
+            # grow its traceback with every caller's frames (and keep them alive).
+            raise copy.copy(self._misses[k])
         pending = self._inflight.get(k)
         if pending is not None:
             observer.cache(kind, "hit")
@@ -99,7 +102,7 @@ class LookupCache:
         try:
             value = await load()
         except _NOT_FOUND as e:
-            self._misses[k] = e
+            self._misses[k] = copy.copy(e)  # without the traceback (and the frames it holds)
             fut.set_exception(e)
             raise
         except BaseException as e:
@@ -114,6 +117,9 @@ class LookupCache:
             del self._inflight[k]
             if fut.done() and not fut.cancelled():
                 fut.exception()  # mark retrieved: waiters may be none
+            # The future holds the error, whose traceback holds this frame: break the
+            # cycle, or a failed look-up lives until a full collection.
+            del fut
 
     def clear(self) -> None:
         self._hits.clear()
