@@ -97,24 +97,40 @@ class LeanPool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def execute(self, *args: Any) -> Any:
-        """One command; raises what redis-py raises (REDIS_ERRORS)."""
+        """One command; raises what redis-py raises (REDIS_ERRORS).
+
+        A connection error on a connection that sat idle in the pool (Redis
+        restarted, or closed it) is tried once more on a new connection: the
+        command most likely never reached Redis, and every script sent here may
+        run twice. Within the same timer, so the call is bounded all the same.
+        """
         async with asyncio.timeout(self.timeout_s):
-            conn = await self._acquire()
-            healthy = False
-            try:
-                await conn.send_packed_command(pack(args), check_health=False)
-                reply = await conn.read_response()
-                healthy = True
-                return reply
-            except ResponseError:
-                healthy = True
-                raise
-            finally:
-                if healthy:
-                    self._release(conn)
-                else:
-                    self._drop(conn)
-                    self.disconnect_idle()
+            for _ in range(2):
+                pooled = bool(self._idle)
+                conn = await self._acquire()
+                try:
+                    return await self._call(conn, args)
+                except RedisConnectionError:
+                    if not pooled:
+                        raise
+            raise RedisConnectionError("Redis closed two connections in a row")
+
+    async def _call(self, conn: AbstractConnection, args: Sequence[Any]) -> Any:
+        healthy = False
+        try:
+            await conn.send_packed_command(pack(args), check_health=False)
+            reply = await conn.read_response()
+            healthy = True
+            return reply
+        except ResponseError:
+            healthy = True
+            raise
+        finally:
+            if healthy:
+                self._release(conn)
+            else:
+                self._drop(conn)
+                self.disconnect_idle()
 
     async def _acquire(self) -> AbstractConnection:
         for _ in range(self.max_connections + 1):  # bounded; the call's timer bounds it too
