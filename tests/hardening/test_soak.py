@@ -346,6 +346,10 @@ Run {when}, {SOAK_S / 60:g} minutes, {RATE:g} requests/s open loop, a fault ever
 Answers: {answers}.
 
 Resident memory under load, MiB, one sample a minute: {series}.
+The warm-up (the baseline) lasts until the in-process store holds its bound of
+{MEMORY_FINALS} final operations (about 2.8 KB each, kept for
+`GET /v1/operations/{{id}}`): memory grows by design until then, and must be
+flat after ({verdict['finals_at_base']} final records at the baseline).
 
 Faults: {faults}.
 <!-- soak:end -->
