@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import time
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -127,6 +128,8 @@ def annotate_result(result: object) -> None:
 _LEVELS = {"internal_error": logging.ERROR, "client_closed": logging.DEBUG}
 #: One write carries at most this much; a turn with more lines writes more than once.
 WRITE_CHUNK = 1 << 16
+#: A full non-blocking descriptor is waited for this long, this many times at most.
+WAIT_S, MAX_WAITS = 0.1, 10
 
 
 class LineWriter:
@@ -161,13 +164,22 @@ class LineWriter:
             return
         data = memoryview(b"\n".join(self._lines) + b"\n")
         self._lines.clear()
-        for _ in range(len(data) // 512 + 2):  # bounded: each write takes >= 512 bytes
+        waits = 0
+        # Bounded: a blocking write takes >= 512 bytes unless a signal interrupts it.
+        for _ in range(len(data) // 512 + 2 + MAX_WAITS):
             if not data:
                 return
             try:
                 data = data[os.write(self.fd, data[:WRITE_CHUNK]):]
             except InterruptedError:
                 continue
+            except BlockingIOError:
+                # A descriptor someone made non-blocking (a shared pipe): wait for room
+                # as a blocking write would, but a second at most in all.
+                if waits == MAX_WAITS:
+                    return
+                waits += 1
+                select.select([], [self.fd], [], WAIT_S)
             except OSError:
                 return  # stderr is gone: nothing to tell anyone either
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 
 import pytest
 
@@ -48,3 +50,30 @@ async def test_a_closed_descriptor_loses_the_lines_not_the_request() -> None:
         writer.flush()  # EPIPE: dropped quietly (SIGPIPE is ignored by Python)
     finally:
         os.close(w)
+
+
+def test_a_full_non_blocking_pipe_is_waited_for_not_dropped() -> None:
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    received = bytearray()
+    try:
+        writer = LineWriter(w)
+        line = b"y" * 1000
+
+        def drain() -> None:  # a slow reader: the pipe fills and empties as it reads
+            while len(received) < 300 * 1001:
+                time.sleep(0.001)
+                chunk = os.read(r, 65536)
+                if not chunk:
+                    return
+                received.extend(chunk)
+
+        reader = threading.Thread(target=drain)
+        reader.start()
+        for _ in range(300):  # 300 KB: several times what a pipe holds
+            writer.write(line)
+        reader.join(10)
+        assert len(received) == 300 * 1001
+    finally:
+        os.close(w)
+        os.close(r)
