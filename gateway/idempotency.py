@@ -39,7 +39,6 @@ from gateway.errors import (
     RequestInProgress,
     UpstreamAuthFailed,
 )
-from gateway.opstore_redis import once_more
 from gateway.redis_conn import REDIS_ERRORS, Script
 from gateway.runtime import REDIS, RUNTIME, SERVICES
 
@@ -135,16 +134,14 @@ class RedisIdempotency:
         self._finish = Script(redis, _FINISH)
 
     async def claim(self, scope: str, entry: Entry, ttl_s: float) -> Entry | None:
-        args: list[bytes | int] = [entry.dumps(), _ms(ttl_s)]
-        raw = await once_more(lambda: self._claim(keys=[scope], args=args))
+        raw = await self._claim(keys=[scope], args=[entry.dumps(), _ms(ttl_s)])
         return None if raw is None else Entry.loads(raw)
 
     async def finish(self, scope: str, entry: Entry, ttl_s: float) -> None:
-        args: list[bytes | int | str] = [entry.dumps(), _ms(ttl_s), entry.nonce]
-        await once_more(lambda: self._finish(keys=[scope], args=args))
+        await self._finish(keys=[scope], args=[entry.dumps(), _ms(ttl_s), entry.nonce])
 
     async def release(self, scope: str, nonce: str) -> None:
-        await once_more(lambda: self._finish(keys=[scope], args=["", 1, nonce]))
+        await self._finish(keys=[scope], args=["", 1, nonce])
 
 
 def _ms(seconds: float) -> int:

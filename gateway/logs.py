@@ -195,11 +195,6 @@ def write_lines_to(fd: int | None) -> None:
     _WRITER = None if fd is None else LineWriter(fd)
 
 
-def flush() -> None:
-    if _WRITER is not None:
-        _WRITER.flush()
-
-
 def emit(record: AccessRecord) -> None:
     """Write the record's line: ERROR for the gateway's own failures, DEBUG for a client
     that went away, INFO otherwise. Nothing is built unless the level is enabled."""

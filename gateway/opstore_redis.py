@@ -36,9 +36,10 @@ T = TypeVar("T")
 
 
 async def once_more(call: Callable[[], Awaitable[T]]) -> T:
-    """A Redis call, repeated once if its pooled connection had died (Redis restarted):
-    the repeat goes out on a fresh one. Every script here may run twice. Timeouts are
-    not repeated: they would only double the wait."""
+    """A redis-py call, repeated once if its pooled connection had died (Redis
+    restarted): the repeat goes out on a fresh one. Timeouts are not repeated: they
+    would only double the wait. (Scripts need no such wrapper: ``Script`` does the
+    same on its lean pool.)"""
     try:
         return await call()
     except RedisConnectionError:
@@ -47,40 +48,10 @@ async def once_more(call: Callable[[], Awaitable[T]]) -> T:
 # The newest pointer is "<intent>|<op id>"; the contact lock is a sorted set of
 # "<intent>|<op id>" holders scored by expiry (Redis's own clock, the same for
 # every replica): holders must share one intent.
-_ACCEPT = """
-local prev = redis.call('GET', KEYS[1])
-local ttl = math.max(tonumber(ARGV[3]), redis.call('PTTL', KEYS[1]))
-redis.call('SET', KEYS[1], ARGV[4] .. '|' .. ARGV[1], 'PX', ttl)
-if prev and string.sub(prev, 1, #ARGV[4] + 1) ~= ARGV[4] .. '|' then
-  local sep = string.find(prev, '|', 1, true)
-  redis.call('ZADD', KEYS[2], 'XX', ARGV[2], string.sub(prev, sep + 1))
-end
-return 1
-"""
 
-_BEGIN = """
-local mine = ARGV[1] .. '|'
-local latest = redis.call('GET', KEYS[1])
-if latest and latest ~= mine .. ARGV[2] and string.sub(latest, 1, #mine) ~= mine then
-  return 'superseded'
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-for _, holder in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if string.sub(holder, 1, #mine) ~= mine then return 'busy' end
-end
-local hold = tonumber(ARGV[3])
-redis.call('ZADD', KEYS[2], now + hold, mine .. ARGV[2])
-if redis.call('PTTL', KEYS[2]) < hold then redis.call('PEXPIRE', KEYS[2], hold) end
-return 'ok'
-"""
-
-# accept, then begin, in one round trip (a request's synchronous first attempt):
-# right after the accept this operation is its contact's newest, so begin's
-# superseded check cannot fire; only the lock is left to take.
-# KEYS: latest, due, lock. ARGV: id, now, latest ttl ms, intent, hold ms.
-_ACCEPT_BEGIN = """
+# Make this operation its contact's newest; a replaced one with another intent, if
+# queued, is made due now. KEYS: latest, due. ARGV: id, now, latest ttl ms, intent.
+_SET_LATEST = """
 local mine = ARGV[4] .. '|'
 local prev = redis.call('GET', KEYS[1])
 local ttl = math.max(tonumber(ARGV[3]), redis.call('PTTL', KEYS[1]))
@@ -89,17 +60,43 @@ if prev and string.sub(prev, 1, #mine) ~= mine then
   local sep = string.find(prev, '|', 1, true)
   redis.call('ZADD', KEYS[2], 'XX', ARGV[2], string.sub(prev, sep + 1))
 end
+"""
+
+
+def _take_lock(lock: str, op_id: str, hold_ms: str) -> str:
+    """Lua that ends its script: hold the contact lock (key ``lock``) for ``mine`` (the
+    intent and a bar, set before) and the operation ``op_id`` for ``hold_ms``, or
+    answer 'busy' while a holder with another intent has it."""
+    return f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-for _, holder in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+redis.call('ZREMRANGEBYSCORE', {lock}, '-inf', now)
+for _, holder in ipairs(redis.call('ZRANGE', {lock}, 0, -1)) do
   if string.sub(holder, 1, #mine) ~= mine then return 'busy' end
 end
-local hold = tonumber(ARGV[5])
-redis.call('ZADD', KEYS[3], now + hold, mine .. ARGV[1])
-if redis.call('PTTL', KEYS[3]) < hold then redis.call('PEXPIRE', KEYS[3], hold) end
+local hold = tonumber({hold_ms})
+redis.call('ZADD', {lock}, now + hold, mine .. {op_id})
+if redis.call('PTTL', {lock}) < hold then redis.call('PEXPIRE', {lock}, hold) end
 return 'ok'
 """
+
+
+_ACCEPT = _SET_LATEST + "return 1\n"
+
+# KEYS: latest, lock. ARGV: intent, id, hold ms.
+_BEGIN = """
+local mine = ARGV[1] .. '|'
+local latest = redis.call('GET', KEYS[1])
+if latest and latest ~= mine .. ARGV[2] and string.sub(latest, 1, #mine) ~= mine then
+  return 'superseded'
+end
+""" + _take_lock("KEYS[2]", "ARGV[2]", "ARGV[3]")
+
+# accept, then begin, in one round trip (a request's synchronous first attempt):
+# right after the accept this operation is its contact's newest, so begin's
+# superseded check cannot fire; only the lock is left to take.
+# KEYS: latest, due, lock. ARGV: id, now, latest ttl ms, intent, hold ms.
+_ACCEPT_BEGIN = _SET_LATEST + _take_lock("KEYS[3]", "ARGV[1]", "ARGV[5]")
 
 _SAVE = """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then return 0 end
@@ -155,12 +152,12 @@ class RedisStore:
     async def accept(self, rec: OpRecord, now: float) -> None:
         keys = [self._latest(rec), redis_keys.operations_due()]
         args: list[str | int] = [rec.id, repr(now), _ms(_latest_ttl(rec, now)), rec.intent]
-        await once_more(lambda: self._accept(keys=keys, args=args))
+        await self._accept(keys=keys, args=args)
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
         keys = [self._latest(rec), redis_keys.contact_lock(rec.plan.tenant, rec.contact)]
         args: list[str | int] = [rec.intent, rec.id, _ms(hold_s)]
-        answer = await once_more(lambda: self._begin(keys=keys, args=args))
+        answer = await self._begin(keys=keys, args=args)
         return _begin_answer(answer)
 
     async def accept_begin(self, rec: OpRecord, now: float, hold_s: float) -> Begin:
@@ -168,7 +165,7 @@ class RedisStore:
                 redis_keys.contact_lock(rec.plan.tenant, rec.contact)]
         args: list[str | int] = [rec.id, repr(now), _ms(_latest_ttl(rec, now)), rec.intent,
                                  _ms(hold_s)]
-        answer = await once_more(lambda: self._accept_begin(keys=keys, args=args))
+        answer = await self._accept_begin(keys=keys, args=args)
         return _begin_answer(answer)
 
     async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
@@ -181,7 +178,7 @@ class RedisStore:
         args: list[str | bytes | int] = [
             rec.id, rec.dumps(), _ms(ttl), "" if due is None else repr(due),
             lease or "", f"{rec.intent}|{rec.id}" if unlock else ""]
-        return bool(await once_more(lambda: self._save(keys=keys, args=args)))
+        return bool(await self._save(keys=keys, args=args))
 
     async def get(self, op_id: str) -> tuple[OpRecord, bool] | None:
         raw, leased = await once_more(lambda: self._get(op_id))
@@ -192,8 +189,7 @@ class RedisStore:
     async def claim(self, now: float, limit: int, lease_s: float, token: str) -> list[OpRecord]:
         args: list[str | int] = [repr(now), limit, _ms(lease_s), token,
                                  redis_keys.operation_lease(""), redis_keys.operation("")]
-        raws = await once_more(lambda: self._claim(keys=[redis_keys.operations_due()],
-                                                   args=args))
+        raws = await self._claim(keys=[redis_keys.operations_due()], args=args)
         return [OpRecord.loads(raw) for raw in raws]
 
     async def _get(self, op_id: str) -> list[Any]:
@@ -261,9 +257,7 @@ class DegradingStore:
         while self._unsaved and done < limit:
             op_id, (rec, unlock) = next(iter(self._unsaved.items()))
             await self.shared.save(rec, due=None, unlock=unlock)
-            # A newer keep of the same id (impossible today) would stay for the next flush.
-            if self._unsaved.get(op_id, (None, False))[0] is rec:
-                del self._unsaved[op_id]
+            self._unsaved.pop(op_id, None)
             done += 1
         return done
 

@@ -88,7 +88,7 @@ class LeanPool:
         kwargs = dict(pool.connection_kwargs)
         self.timeout_s: float = kwargs.get("socket_timeout") or 0.25
         kwargs["socket_timeout"] = None  # bounded here, by one timer per call
-        kwargs["health_check_interval"] = 0  # a dead connection fails its call; see once_more
+        kwargs["health_check_interval"] = 0  # a dead connection fails its call; see execute
         connection_class: Any = pool.connection_class
         self._make: Callable[[], AbstractConnection] = lambda: connection_class(**kwargs)
         self.max_connections: int = pool.max_connections

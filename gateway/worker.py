@@ -62,13 +62,11 @@ class Worker:
     async def _tick(self) -> None:
         ex = self.executor
         free = self.concurrency - len(self._tasks)
+        self._claims += 1
+        token = f"{self.token}:{self._claims}"
         try:
             await self._gauge()
-            if free <= 0:
-                return
-            self._claims += 1
-            token = f"{self.token}:{self._claims}"
-            claimed = await ex.queue.claim(ex.wall(), free, ex.lease_s(), token)
+            claimed = await ex.queue.claim(ex.wall(), free, ex.lease_s(), token) if free > 0 else []
         except REDIS_ERRORS:
             if self._store_ok:  # once per outage, not once per poll
                 log.warning("operations: Redis unreachable; the worker keeps looking")

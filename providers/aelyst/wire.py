@@ -60,7 +60,7 @@ def read_assignee(response: UpstreamResponse, assignee: AssigneeRef | None) -> O
     _raise_for_status(response, assign=assignee is not None)
     try:
         body = AssigneeResponse.model_validate_json(response.body)
-    except (orjson.JSONDecodeError, ValidationError):
+    except ValidationError:  # invalid JSON included
         # "from None": a validation error quotes the body, which must not reach logs.
         raise UpstreamMalformed(
             "Aelyst answered with a body that is not its documented JSON") from None

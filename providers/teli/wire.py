@@ -191,7 +191,7 @@ def _error_text(response: UpstreamResponse) -> str:
 def _parse(model: type[W], response: UpstreamResponse) -> W:
     try:
         return model.model_validate_json(response.body)
-    except (orjson.JSONDecodeError, ValidationError):
+    except ValidationError:  # invalid JSON included
         # "from None": a validation error quotes the body, which must not reach logs.
         raise UpstreamMalformed(
             "Teli answered with a body that is not its documented JSON") from None

@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,23 +52,7 @@ ASSIGNEE = {"teli": {"id": "user_xyz789"}, "vambe": {"id": "11111111-1111-4111-8
 class DurableRedis(RedisServer):
     """redis-server with an append-only file fsynced on every write."""
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir),
-             "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                out = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
-                                     capture_output=True, timeout=2, check=False)
-            except (OSError, subprocess.TimeoutExpired):
-                out = None
-            if out is not None and out.stdout.startswith(b"PONG"):
-                return
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not start within 10 s")
+    persistence = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 @pytest.fixture
