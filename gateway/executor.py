@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -139,6 +140,7 @@ class Executor:
     async def _run_sync(self, pc: ProviderClient, rec: OpRecord, deadline: float,
                         first: Begin | None = None) -> Done | Queued:
         loop = asyncio.get_running_loop()
+        last: tuple[GatewayError, bool] | None = None  # the error a retry follows; paced?
         while True:
             got = await self._acquire(pc, rec, deadline, first)
             first = None
@@ -147,6 +149,22 @@ class Executor:
                 return await self._queue(rec, self.wall())
             try:
                 outcome = await self._attempt(pc, rec, deadline)
+            except RateLimited as err:
+                if last is None:  # the first attempt: the client is told to slow down
+                    await self._fail(rec, err, lease=None)
+                    raise
+                # The gateway's own limiter has no slot for this retry within the
+                # deadline. A retry the provider paced (449, Retry-After) goes to the
+                # background, which can wait for the slot; a backoff retry ends as the
+                # upstream answer it followed left it, as a retry past the deadline
+                # would: the client learns what went wrong upstream.
+                if last[1]:
+                    return await self._queue(rec, self.wall() + (err.retry_after or 1.0))
+                await self._fail(rec, last[0], lease=None)
+                try:
+                    raise last[0] from None
+                finally:
+                    last = None  # the raised error's traceback holds this frame: no cycle
             except GatewayError as err:
                 step = await self._sync_retry(pc, rec, err, deadline - loop.time())
                 if step is None:
@@ -155,9 +173,11 @@ class Executor:
                     # frame and the frame the error, a cycle that keeps the whole
                     # request alive until a full collection.
                     raise
-                queue, wait = step
+                queue, wait, paced = step
                 if queue:
                     return await self._queue(rec, self.wall() + wait)
+                # A copy without the traceback, which holds this frame (a cycle).
+                last = (copy.copy(err), paced)
                 await asyncio.sleep(wait)
             else:
                 return await self._succeed(pc, rec, outcome)
@@ -178,9 +198,10 @@ class Executor:
             await asyncio.sleep(BUSY_POLL_S)
 
     async def _sync_retry(self, pc: ProviderClient, rec: OpRecord, err: GatewayError,
-                          remaining: float) -> tuple[bool, float] | None:
-        """(queue it instead of sleeping, the wait), or None when the request fails
-        with ``err`` (recorded here; the caller raises it)."""
+                          remaining: float) -> tuple[bool, float, bool] | None:
+        """(queue it instead of sleeping, the wait, whether the provider asked for
+        the wait), or None when the request fails with ``err`` (recorded here; the
+        caller raises it)."""
         spec = pc.config.retry
         retry = next_retry(err, spec, rec, self.rand())
         action = "fail" if retry is None else sync_action(
@@ -193,7 +214,7 @@ class Executor:
             return None
         self.app[METRICS].retry(pc.name, retry.reason)
         rec.reason = retry.reason
-        return action == "queue", retry.wait_s
+        return action == "queue", retry.wait_s, retry.paced
 
     async def _attempt(self, pc: ProviderClient, rec: OpRecord, deadline: float) -> Outcome:
         rec.attempts += 1
@@ -203,7 +224,12 @@ class Executor:
         # No timer of its own: an adapter awaits nothing but its Call, and the Call
         # bounds every wait (the limiter's slot, each exchange, a look-up another
         # request is making) by this deadline.
-        return await attempt(rec.plan, pc, call)
+        try:
+            return await attempt(rec.plan, pc, call)
+        except RateLimited:
+            if call.exchanges == 0:  # refused by the gateway's limiter before any exchange
+                rec.attempts -= 1
+            raise
 
     async def _queue(self, rec: OpRecord, due: float) -> Queued:
         rec.status, rec.updated_at = "queued", self.wall()

@@ -175,6 +175,40 @@ async def test_5xx_retried_within_the_deadline(
     assert sample(gw, "gateway_retries_total", provider="vambe-sb", reason="5xx") == 2
 
 
+async def test_a_retry_the_limiter_cannot_fit_ends_with_the_upstream_error(
+        aiohttp_client: Any, sandboxes_up: dict[str, Sandbox]) -> None:
+    # One token a second: after the 503 the retry finds no slot within its wait budget.
+    raw = retry_config(sandboxes_up)
+    raw["providers"]["vambe-sb"]["rate_limit"] = {"rate": 1, "burst": 1, "max_wait_s": 0.05}
+    gw = await gateway(aiohttp_client, raw)
+    await sandboxes_up["vambe"].fault(status=503, count=1)
+    status, body, _ = await post(gw, "assign", assign_body("vambe"))
+    # The client learns what went wrong upstream, not that the gateway declined a retry.
+    assert (status, body["code"]) == (503, "upstream_unavailable"), body
+    sent = writes(await sandboxes_up["vambe"].journal(), CASES["vambe"].assign_path)
+    assert [e["status"] for e in sent] == [503]
+    assert sample(gw, "gateway_ratelimit_rejected_total", scope="account") == 1
+    assert sample(gw, "gateway_operations_total", status="failed") == 1
+    # A first attempt without a slot is the client's answer: 429 with Retry-After.
+    status, body, headers = await post(gw, "assign", assign_body("vambe"))
+    assert (status, body["code"]) == (429, "rate_limited") and int(headers["Retry-After"]) >= 1
+
+
+async def test_a_paced_retry_the_limiter_cannot_fit_goes_to_the_background(
+        aiohttp_client: Any, sandboxes_up: dict[str, Sandbox], redis_url: str | None) -> None:
+    raw = retry_config(sandboxes_up, redis_url=redis_url, queued_backoff_s=0.1)
+    raw["providers"]["aelyst-sb"]["rate_limit"] = {"rate": 1, "max_wait_s": 0.05}
+    gw = await gateway(aiohttp_client, raw)
+    aelyst = sandboxes_up["aelyst"]
+    await aelyst.fault(status=449, count=1)
+    status, body, _ = await post(gw, "assign", assign_body("aelyst"))
+    assert (status, body["status"]) == (202, "queued"), body
+    final = await wait_final(gw, body["operation_id"], timeout_s=10)
+    # Two attempts reached the provider; the one the limiter refused is not counted.
+    assert (final["status"], final["attempts"]) == ("succeeded", 2), final
+    assert [e["status"] for e in writes(await aelyst.journal(), AELYST_WRITE)] == [449, 200]
+
+
 async def test_the_retry_budget_keeps_an_outage_from_multiplying_load(
         aiohttp_client: Any, sandboxes_up: dict[str, Sandbox], redis_url: str | None) -> None:
     # Two replicas (sharing the budget through Redis when configured); the floor is
