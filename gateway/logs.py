@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from gateway.models import Queued, Result
+from gateway.models import Queued
 from gateway.service import Done, Plan
 
 ACCESS_LOG = logging.getLogger("gateway.access")
@@ -118,8 +118,8 @@ def annotate_plan(plan: Plan) -> None:
 
 
 def annotate_result(result: object) -> None:
-    """The operation id and attempts of an answer (a Result, or Queued for a 202)."""
-    if isinstance(result, Result | Done):
+    """The operation id and attempts of an answer (Done for a 200, Queued for a 202)."""
+    if isinstance(result, Done):
         annotate(operation_id=result.operation_id, attempts=result.attempts)
     elif isinstance(result, Queued):
         annotate(operation_id=result.operation_id)
