@@ -39,7 +39,7 @@ async def once_more(call: Callable[[], Awaitable[T]]) -> T:
     """A redis-py call, repeated once if its pooled connection had died (Redis
     restarted): the repeat goes out on a fresh one. Timeouts are not repeated: they
     would only double the wait. (Scripts need no such wrapper: ``Script`` does the
-    same on its lean pool.)"""
+    same on its multiplexer.)"""
     try:
         return await call()
     except RedisConnectionError:

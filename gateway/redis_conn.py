@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import hashlib
+import ssl
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
+import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import SSLConnection
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 #: Everything a Redis call may raise that means "Redis is not answering right now".
 #: RuntimeError is here because redis-py's asyncio client can raise it ("read()
@@ -45,168 +46,255 @@ def connect(url: str, *, timeout_s: float = 0.25, connect_timeout_s: float = 0.5
     )
 
 
-def pack(args: Sequence[Any]) -> bytes:
-    """A command in RESP: an array of bulk strings (str, bytes, int or float arguments).
-    redis-py's ``pack_command`` handles every shape of argument, and costs it."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, bytes):
-            b = arg
-        elif isinstance(arg, str):
-            b = arg.encode()
-        elif isinstance(arg, int | float) and not isinstance(arg, bool):
-            b = repr(arg).encode()
+#: The most commands waiting for their replies on the one connection; a call beyond
+#: them fails at once (Redis is far behind; waiting would only add to it).
+MAX_PENDING = 10_000
+
+
+class _ErrorReply(Exception):
+    """What hiredis makes of an error reply; mapped to redis-py's classes in ``_error``."""
+
+
+def _error(reply: _ErrorReply) -> RedisError:
+    message = str(reply)
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    if message.startswith(("NOAUTH", "WRONGPASS")):
+        return AuthenticationError(message)
+    return ResponseError(message)
+
+
+class _Link(asyncio.Protocol):
+    """One pipelined connection: commands go out in order, replies come back in order.
+
+    Commands made during one turn of the event loop go out in one write. The
+    replies' order gives each its waiter. The oldest unanswered command bounds
+    the whole link: once its deadline passes, every command behind it would wait
+    as long, so all fail with ``TimeoutError`` and the link is closed. One timer
+    per link, not one per command.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._reader = hiredis.Reader(replyError=_ErrorReply)
+        self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._out: list[bytes] = []
+        self._flushing = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- the protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        pending = self._pending
+        while True:
+            try:
+                reply = self._reader.gets()
+            except hiredis.ProtocolError:
+                self.close(RedisConnectionError, "Redis sent a reply the gateway cannot read")
+                return
+            if reply is False:
+                return
+            if not pending:
+                self.close(RedisConnectionError, "Redis sent a reply nobody asked for")
+                return
+            fut = pending.popleft()[0]
+            if fut.done():  # its caller gave up (cancelled)
+                continue
+            if isinstance(reply, _ErrorReply):
+                fut.set_exception(_error(reply))
+            else:
+                fut.set_result(reply)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost fails what is pending
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close(RedisConnectionError, "Redis closed the connection")
+
+    # -- commands --------------------------------------------------------------------
+
+    def call(self, payload: bytes, deadline: float) -> asyncio.Future[Any]:
+        if self.closed:
+            raise RedisConnectionError("the Redis connection is closed")
+        if len(self._pending) >= MAX_PENDING:
+            raise RedisConnectionError("too many Redis commands are waiting")
+        fut = self.loop.create_future()
+        self._pending.append((fut, deadline))
+        self._out.append(payload)
+        if not self._flushing:
+            self._flushing = True
+            self.loop.call_soon(self._flush)
+        if self._timer is None:
+            self._timer = self.loop.call_at(deadline, self._check)
+        return fut
+
+    def _flush(self) -> None:
+        self._flushing = False
+        if self.closed or self.transport is None or not self._out:
+            self._out.clear()
+            return
+        out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        self.transport.write(out)
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self._pending:
+            return
+        deadline = self._pending[0][1]
+        if deadline <= self.loop.time():
+            self.close(TimeoutError, "Redis did not answer in time")
         else:
-            raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
-        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
-    return b"".join(out)
+            self._timer = self.loop.call_at(deadline, self._check)
+
+    @property
+    def idle(self) -> bool:
+        return not self._pending
+
+    def close(self, error: type[Exception], message: str) -> None:
+        """Close the link; every command still waiting fails with ``error``."""
+        already, self.closed = self.closed, True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._out.clear()
+        pending, self._pending = self._pending, collections.deque()
+        for fut, _ in pending:
+            if not fut.done():
+                fut.set_exception(error(message))  # one per waiter: no shared traceback
+        if not already and self.transport is not None:
+            self.transport.abort()
 
 
-#: A call waits at most this long for a free lean connection when all are busy.
-ACQUIRE_TIMEOUT_S = 0.5
-
-
-class LeanPool:
-    """Connections for the request path's scripts, without redis-py's per-command layers.
+class Multiplexer:
+    """The connection the request path's scripts share, without redis-py's per-command layers.
 
     redis-py 8 wraps every command in a retry object, an event dispatcher,
-    observability hooks, a locked pool and, for a timed write, an
-    ``asyncio.wait_for`` that creates a task: measured, that was two thirds of
-    the CPU of each script call, and a request in Redis mode makes four. This
-    pool keeps redis-py's own :class:`~redis.asyncio.Connection` objects (its
-    connecting, authentication, RESP parsing with hiredis and error mapping)
-    and only replaces the path around them: a free list, one write, one read,
-    all under one ``asyncio.timeout`` (the client's ``socket_timeout``).
+    observability hooks, a locked pool, stream reader and writer and a timer:
+    measured, that was two thirds of the CPU of each script call, and a request
+    in Redis mode makes four. Redis runs one command at a time, so one
+    pipelined connection serves all of them: the commands of one loop turn go
+    out in one write, replies are parsed by hiredis and handed back in order.
+    Connection settings (host or socket, user, password, database) come from the
+    redis-py client, whose own pool serves everything else.
 
-    A connection that fails in any way but a Redis error reply is closed and
-    dropped, and so are the idle ones (they lead to the same, likely restarted,
-    server); a reply error (``NOSCRIPT``, a script error) leaves it healthy.
+    Every call is bounded by the client's ``socket_timeout``, connecting
+    included. A connection that closes is replaced on the next call; a call
+    whose connection closed under it, and was not new, is sent once more on a
+    new one (Redis restarted: the command most likely never ran, and every
+    script sent here may run twice).
     """
 
     def __init__(self, redis: aioredis.Redis) -> None:
         pool = redis.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        self.timeout_s: float = kwargs.get("socket_timeout") or 0.25
-        kwargs["socket_timeout"] = None  # bounded here, by one timer per call
-        kwargs["health_check_interval"] = 0  # a dead connection fails its call; see execute
-        connection_class: Any = pool.connection_class
-        self._make: Callable[[], AbstractConnection] = lambda: connection_class(**kwargs)
-        self.max_connections: int = pool.max_connections
-        self._idle: list[AbstractConnection] = []
-        self._count = 0  # connections open or being opened, idle or not
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._kwargs: dict[str, Any] = dict(pool.connection_kwargs)
+        self.timeout_s: float = self._kwargs.get("socket_timeout") or 0.25
+        self._ssl = issubclass(pool.connection_class, SSLConnection)
+        self._link: _Link | None = None
+        self._connecting: asyncio.Future[_Link] | None = None
 
     async def execute(self, *args: Any) -> Any:
-        """One command; raises what redis-py raises (REDIS_ERRORS).
-
-        A connection error on a connection that sat idle in the pool (Redis
-        restarted, or closed it) is tried once more on a new connection: the
-        command most likely never reached Redis, and every script sent here may
-        run twice. Within the same timer, so the call is bounded all the same.
-        """
-        async with asyncio.timeout(self.timeout_s):
-            for _ in range(2):
-                pooled = bool(self._idle)
-                conn = await self._acquire()
-                try:
-                    return await self._call(conn, args)
-                except RedisConnectionError:
-                    if not pooled:
-                        raise
-            raise RedisConnectionError("Redis closed two connections in a row")
-
-    async def _call(self, conn: AbstractConnection, args: Sequence[Any]) -> Any:
-        healthy = False
-        try:
-            await conn.send_packed_command(pack(args), check_health=False)
-            reply = await conn.read_response()
-            healthy = True
-            return reply
-        except ResponseError:
-            healthy = True
-            raise
-        finally:
-            if healthy:
-                self._release(conn)
-            else:
-                self._drop(conn)
-                self.disconnect_idle()
-
-    async def _acquire(self) -> AbstractConnection:
-        for _ in range(self.max_connections + 1):  # bounded; the call's timer bounds it too
-            if self._idle:
-                return self._idle.pop()
-            if self._count < self.max_connections:
-                self._count += 1
-                return self._make()
-            fut = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
+        """One command; raises what redis-py raises (REDIS_ERRORS)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        payload = hiredis.pack_command(args)
+        for _ in range(2):
+            link, fresh = self._link, False
+            if link is None or link.closed:
+                link, fresh = await self._connected(deadline), True
             try:
-                async with asyncio.timeout(ACQUIRE_TIMEOUT_S):
-                    await fut
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
-        raise RedisConnectionError("no Redis connection became free")
+                return await link.call(payload, deadline)
+            except RedisConnectionError:
+                if fresh or not link.closed or loop.time() >= deadline:
+                    raise
+        raise RedisConnectionError("Redis closed two connections in a row")
 
-    def _wake_one(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
+    async def _connected(self, deadline: float) -> _Link:
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+            self._connecting.add_done_callback(self._connect_done)
+        async with asyncio.timeout_at(deadline):
+            return await asyncio.shield(self._connecting)
 
-    def _release(self, conn: AbstractConnection) -> None:
-        self._idle.append(conn)
-        self._wake_one()
+    def _connect_done(self, fut: asyncio.Future[_Link]) -> None:
+        self._connecting = None
+        if not fut.cancelled() and fut.exception() is None:
+            self._link = fut.result()
 
-    def _drop(self, conn: AbstractConnection) -> None:
-        self._count -= 1
-        _close_soon(conn)
-        self._wake_one()
+    async def _connect(self) -> _Link:
+        kw, loop = self._kwargs, asyncio.get_running_loop()
+        connect_s = kw.get("socket_connect_timeout") or self.timeout_s
+        link = _Link(loop)
+        try:
+            async with asyncio.timeout(connect_s + self.timeout_s):
+                if "path" in kw:
+                    await loop.create_unix_connection(lambda: link, kw["path"])
+                else:
+                    await loop.create_connection(lambda: link, kw.get("host", "localhost"),
+                                                 kw.get("port", 6379), ssl=self._tls())
+                handshake: list[tuple[Any, ...]] = []
+                if kw.get("password"):
+                    handshake.append(("AUTH", kw["username"], kw["password"])
+                                     if kw.get("username") else ("AUTH", kw["password"]))
+                if kw.get("db"):
+                    handshake.append(("SELECT", kw["db"]))
+                end = loop.time() + self.timeout_s
+                for command in handshake:
+                    await link.call(hiredis.pack_command(command), end)
+        except BaseException:
+            link.close(RedisConnectionError, "could not connect to Redis")
+            raise
+        return link
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self._ssl:
+            return None
+        kw = self._kwargs
+        context = ssl.create_default_context(cafile=kw.get("ssl_ca_certs"))
+        if kw.get("ssl_certfile"):
+            context.load_cert_chain(kw["ssl_certfile"], kw.get("ssl_keyfile"))
+        reqs = kw.get("ssl_cert_reqs", "required")
+        if reqs in ("none", ssl.CERT_NONE):
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            context.check_hostname = bool(kw.get("ssl_check_hostname", True))
+        return context
 
     def disconnect_idle(self) -> None:
-        """Close the idle connections (after an outage they lead to the old server)."""
-        idle, self._idle = self._idle, []
-        self._count -= len(idle)
-        for conn in idle:
-            _close_soon(conn)
+        """Close the connection if nothing waits on it (after an outage it may lead to
+        the old server; the next call makes a new one)."""
+        if self._link is not None and self._link.idle:
+            self._link.close(RedisConnectionError, "closed")
+            self._link = None
 
     async def aclose(self) -> None:
-        idle, self._idle = self._idle, []
-        self._count -= len(idle)
-        for conn in idle:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await conn.disconnect(nowait=True)
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._link is not None:
+            self._link.close(RedisConnectionError, "the client is closing")
+            self._link = None
 
 
-_CLOSING: set[asyncio.Task[None]] = set()
+_MUX: weakref.WeakKeyDictionary[aioredis.Redis, Multiplexer] = weakref.WeakKeyDictionary()
 
 
-def _close_soon(conn: AbstractConnection) -> None:
-    # Closing a connection is a coroutine; an error path must not wait on it.
-    async def close() -> None:
-        with contextlib.suppress(*REDIS_ERRORS):
-            await conn.disconnect(nowait=True)
-
-    task = asyncio.get_running_loop().create_task(close())
-    _CLOSING.add(task)
-    task.add_done_callback(_CLOSING.discard)
-
-
-_LEAN: weakref.WeakKeyDictionary[aioredis.Redis, LeanPool] = weakref.WeakKeyDictionary()
-
-
-def lean_pool(redis: aioredis.Redis) -> LeanPool:
-    """The client's lean pool (one per client, made on first use)."""
-    pool = _LEAN.get(redis)
-    if pool is None:
-        pool = _LEAN[redis] = LeanPool(redis)
-    return pool
+def multiplexer(redis: aioredis.Redis) -> Multiplexer:
+    """The client's multiplexer (one per client, made on first use)."""
+    mux = _MUX.get(redis)
+    if mux is None:
+        mux = _MUX[redis] = Multiplexer(redis)
+    return mux
 
 
 class Script:
-    """A Lua script run with EVALSHA over the lean pool (EVAL once after NOSCRIPT).
+    """A Lua script run with EVALSHA over the multiplexer (EVAL once after NOSCRIPT).
 
     The call matches redis-py's registered scripts: ``await script(keys=..., args=...)``.
     """
@@ -214,7 +302,7 @@ class Script:
     def __init__(self, redis: aioredis.Redis, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-        self.pool = lean_pool(redis)
+        self.pool = multiplexer(redis)
 
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
         try:
@@ -224,8 +312,8 @@ class Script:
 
 
 async def close(redis: aioredis.Redis) -> None:
-    """Close the client and its lean pool."""
-    pool = _LEAN.pop(redis, None)
+    """Close the client and its multiplexer."""
+    pool = _MUX.pop(redis, None)
     if pool is not None:
         await pool.aclose()
     await redis.aclose()

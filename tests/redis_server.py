@@ -46,7 +46,7 @@ class RedisServer:
             with contextlib.suppress(OSError), socket.create_connection(
                     ("127.0.0.1", self.port), timeout=0.2) as s:
                 s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
+                if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (with a password)
                     return
             time.sleep(0.02)
         raise RuntimeError("redis-server did not start within 10 s")

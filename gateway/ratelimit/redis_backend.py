@@ -21,7 +21,7 @@ import contextlib
 from redis.asyncio import Redis
 
 from gateway.ratelimit.gcra import US, Bucket, Decision
-from gateway.redis_conn import REDIS_ERRORS, Script, lean_pool
+from gateway.redis_conn import REDIS_ERRORS, Script, multiplexer
 
 # KEYS[1]: the bucket. ARGV: op ("r" reserve | "p" pause), interval_us, burst,
 # max_wait_us, floor_us (reserve) or pause_us (pause).
@@ -86,7 +86,7 @@ class RedisBackend:
         would fail and send the limiter back into degraded mode. Closed, they
         reconnect on their next use.
         """
-        lean_pool(self._redis).disconnect_idle()
+        multiplexer(self._redis).disconnect_idle()
         with contextlib.suppress(*REDIS_ERRORS):
             async with asyncio.timeout(self._timeout_s):
                 await self._redis.connection_pool.disconnect(inuse_connections=False)
@@ -95,7 +95,7 @@ class RedisBackend:
                     arg_us: int) -> list[int]:
         args = (op, bucket.interval_us, bucket.burst, max_wait_us, arg_us)
         try:
-            # The lean pool bounds each command (its wait for a connection included)
+            # The multiplexer bounds each command (connecting included)
             # by the client's socket timeout.
             out = await self._script(keys=[key], args=args)
         except REDIS_ERRORS as e:

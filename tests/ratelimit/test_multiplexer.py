@@ -1,0 +1,177 @@
+"""The one pipelined connection the request path's scripts share (gateway.redis_conn).
+
+Against a real redis-server: killed, restarted, stopped (SIGSTOP), with a
+password and a database in its URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, ResponseError
+
+from gateway import redis_conn
+from gateway.redis_conn import REDIS_ERRORS, Script, connect, multiplexer
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+_ECHO = "return {ARGV[1], KEYS[1]}"
+
+
+async def test_every_reply_reaches_its_own_caller(redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url)
+    script = Script(redis, _ECHO)
+    try:
+        # Many callers in one loop turn: their commands share writes, their replies
+        # come back in one stream and must be handed out in order.
+        got = await asyncio.gather(*(script(keys=[f"k{i}"], args=[str(i)])
+                                     for i in range(2_000)))
+        assert got == [[str(i).encode(), f"k{i}".encode()] for i in range(2_000)]
+    finally:
+        await redis_conn.close(redis)
+
+
+async def test_a_cancelled_caller_does_not_shift_the_replies(
+        redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url)
+    script = Script(redis, _ECHO)
+    try:
+        await script(keys=["k"], args=["warm"])
+        gone = asyncio.ensure_future(script(keys=["k"], args=["gone"]))
+        await asyncio.sleep(0)  # its command is queued; the write is this turn's
+        gone.cancel()
+        assert await script(keys=["k"], args=["mine"]) == [b"mine", b"k"]
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+    finally:
+        await redis_conn.close(redis)
+
+
+async def test_an_error_reply_fails_only_its_call(redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url)
+    bad = Script(redis, "return redis.call('INCR', KEYS[1])")
+    echo = Script(redis, _ECHO)
+    try:
+        await redis.set("text", "not a number")
+        results = await asyncio.gather(echo(keys=["k"], args=["1"]), bad(keys=["text"]),
+                                       echo(keys=["k"], args=["2"]), return_exceptions=True)
+        assert results[0] == [b"1", b"k"] and results[2] == [b"2", b"k"]
+        assert isinstance(results[1], ResponseError)
+        link = multiplexer(redis)._link
+        assert link is not None and not link.closed  # a reply error leaves it healthy
+    finally:
+        await redis_conn.close(redis)
+
+
+async def test_a_restarted_redis_costs_no_failed_call(redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url)
+    script = Script(redis, _ECHO)
+    try:
+        assert await script(keys=["k"], args=["a"]) == [b"a", b"k"]
+        redis_server.kill()
+        redis_server.start()  # the same port, an empty script cache; no call in between
+        # A new connection, then EVALSHA, NOSCRIPT, EVAL.
+        assert await script(keys=["k"], args=["b"]) == [b"b", b"k"]
+    finally:
+        await redis_conn.close(redis)
+
+
+async def test_a_dead_redis_fails_calls_at_once_and_is_found_again(
+        redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url)
+    script = Script(redis, _ECHO)
+    loop = asyncio.get_running_loop()
+    try:
+        await script(keys=["k"], args=["a"])
+        redis_server.kill()
+        start = loop.time()
+        results = await asyncio.gather(*(script(keys=["k"], args=[str(i)]) for i in range(50)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, REDIS_ERRORS) for r in results)
+        assert loop.time() - start < multiplexer(redis).timeout_s + 0.1
+        redis_server.start()
+        assert await script(keys=["k"], args=["back"]) == [b"back", b"k"]
+    finally:
+        await redis_conn.close(redis)
+
+
+async def test_a_hanging_redis_fails_every_waiting_call_within_the_timeout(
+        redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url, timeout_s=0.2)
+    script = Script(redis, _ECHO)
+    loop = asyncio.get_running_loop()
+    assert redis_server.proc is not None
+    try:
+        await script(keys=["k"], args=["a"])
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            start = loop.time()
+            calls = [asyncio.ensure_future(script(keys=["k"], args=[str(i)])) for i in range(20)]
+            await asyncio.sleep(0.1)
+            late = [asyncio.ensure_future(script(keys=["k"], args=["late"]))]
+            results = await asyncio.gather(*calls, *late, return_exceptions=True)
+            took = loop.time() - start
+            assert all(isinstance(r, TimeoutError) for r in results), results
+            # The oldest call's deadline fails all behind it: one timeout, not two.
+            assert 0.2 <= took < 0.2 + 0.1
+            # While it still hangs, a new call waits no longer than its own timeout.
+            start = loop.time()
+            with pytest.raises(REDIS_ERRORS):
+                await script(keys=["k"], args=["again"])
+            assert loop.time() - start < 0.2 + 0.1
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        assert await script(keys=["k"], args=["back"]) == [b"back", b"k"]
+    finally:
+        await redis_conn.close(redis)
+
+
+async def test_waiting_commands_are_bounded(redis_server: RedisServer,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_conn, "MAX_PENDING", 10)
+    redis = connect(redis_server.url, timeout_s=0.5)
+    script = Script(redis, _ECHO)
+    assert redis_server.proc is not None
+    try:
+        await script(keys=["k"], args=["a"])
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            waiting = [asyncio.ensure_future(script(keys=["k"], args=[str(i)]))
+                       for i in range(10)]
+            await asyncio.sleep(0)
+            with pytest.raises(REDIS_ERRORS, match="too many"):
+                await script(keys=["k"], args=["one too many"])
+            await asyncio.gather(*waiting, return_exceptions=True)
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+    finally:
+        await redis_conn.close(redis)
+
+
+class _PasswordRedis(RedisServer):
+    persistence = ("--appendonly", "no", "--requirepass", "s3cret")
+
+
+async def test_the_url_s_password_and_database_are_used(tmp_path: Path) -> None:
+    server = _PasswordRedis(tmp_path)
+    server.start()
+    url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+    redis = connect(url)
+    wrong = connect(f"redis://:wrong@127.0.0.1:{server.port}/3")
+    check = aioredis.Redis.from_url(url, socket_timeout=1)
+    try:
+        await Script(redis, "return redis.call('SET', KEYS[1], ARGV[1])")(
+            keys=["where"], args=["db3"])
+        assert await check.get("where") == b"db3"  # database 3, as the URL says
+        with pytest.raises(AuthenticationError):
+            await Script(wrong, _ECHO)(keys=["k"], args=["x"])
+    finally:
+        await redis_conn.close(redis)
+        await redis_conn.close(wrong)
+        await check.aclose()
+        server.stop()
