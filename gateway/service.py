@@ -169,12 +169,17 @@ class Done:
         return cast(int, self.body["attempts"])
 
 
+def contact_dict(c: ContactOut, provider_id: str) -> dict[str, Any]:
+    """``c.model_dump(mode="json")`` with ``provider_id`` set, built directly."""
+    out: dict[str, Any] = {k: v for k, v in (("phone", c.phone), ("email", c.email),
+                                              ("id", c.id)) if v is not None}
+    out["provider_id"] = provider_id
+    return out
+
+
 def result(plan: Plan, provider_type: str, outcome: Outcome, operation_id: str,
            attempts: int) -> Done:
-    c = plan.contact
-    contact: dict[str, Any] = {k: v for k, v in (("phone", c.phone), ("email", c.email),
-                                                  ("id", c.id)) if v is not None}
-    contact["provider_id"] = outcome.contact_provider_id
+    contact = contact_dict(plan.contact, outcome.contact_provider_id)
     assignee: dict[str, Any] | None = None
     if plan.operation == "assign" and outcome.assignee_provider_id is not None:
         assignee = {"provider_id": outcome.assignee_provider_id}

@@ -3,11 +3,14 @@ exactly what the published ``Result`` model would produce for the same facts."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
+import orjson
 import pytest
 
 from gateway.models import ContactOut, Result
+from gateway.operations import OpRecord
 from gateway.service import Plan, result
 from gateway.spi import (
     AssignCommand,
@@ -43,3 +46,22 @@ def test_the_body_is_the_models_dump(operation: str, contact: ContactOut,
     assert done.body["contact"]["provider_id"] == "c-1"
     if operation == "unassign" or outcome.assignee_provider_id is None:
         assert done.body["assignee"] is None
+
+
+@pytest.mark.parametrize(("operation", "contact"),
+                         list(itertools.product(["assign", "unassign"], CONTACTS)))
+def test_a_stored_record_holds_the_plan_as_asdict_and_the_models_dump(
+        operation: str, contact: ContactOut) -> None:
+    """OpRecord.dumps writes the command through orjson's dataclass support and the
+    contact as a dict built by hand: the same JSON as asdict and model_dump."""
+    tenant = TenantContext("acme", "US", "camp-1", None)
+    ref = ContactRef("phone", "+15551234567")
+    command = (AssignCommand(tenant, ref, AssigneeRef("email", "a@acme.com"), "replace",
+                             None, "bot") if operation == "assign"
+               else UnassignCommand(tenant, ref, "camp-2", None))
+    plan = Plan(operation, "app", "acme", "teli-main", command, contact)  # type: ignore[arg-type]
+    record = OpRecord("op_1", plan, "req-1", 1.0, 2.0)
+    stored = orjson.loads(record.dumps())["plan"]
+    assert stored["command"] == dataclasses.asdict(command)
+    assert stored["contact"] == contact.model_dump(mode="json")
+    assert OpRecord.loads(record.dumps()).plan == plan
