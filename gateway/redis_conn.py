@@ -139,6 +139,9 @@ class _Link(asyncio.Protocol):
         if self.closed or self.transport is None or not self._out:
             self._out.clear()
             return
+        if self.transport.is_closing():  # going away; connection_lost is on its way
+            self.close(RedisConnectionError, "the Redis connection is closing")
+            return
         out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
         self.transport.write(out)
