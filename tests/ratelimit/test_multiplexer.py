@@ -175,3 +175,26 @@ async def test_the_url_s_password_and_database_are_used(tmp_path: Path) -> None:
         await redis_conn.close(wrong)
         await check.aclose()
         server.stop()
+
+
+async def test_a_unix_socket_url_is_used(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+
+    class _UnixRedis(RedisServer):
+        persistence = ("--appendonly", "no", "--unixsocket", str(sock),
+                       "--unixsocketperm", "700")
+
+    server = _UnixRedis(tmp_path)
+    server.start()
+    url = f"unix://{sock}?db=2"
+    redis = connect(url)
+    check = aioredis.Redis.from_url(url, socket_timeout=1)
+    try:
+        await Script(redis, "return redis.call('SET', KEYS[1], ARGV[1])")(
+            keys=["where"], args=["db2"])
+        # Not on a TCP default (this machine runs another Redis on 6379): this one, db 2.
+        assert await check.get("where") == b"db2"
+    finally:
+        await redis_conn.close(redis)
+        await check.aclose()
+        server.stop()
