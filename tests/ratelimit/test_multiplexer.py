@@ -7,7 +7,13 @@ password and a database in its URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -198,3 +204,60 @@ async def test_a_unix_socket_url_is_used(tmp_path: Path) -> None:
         await redis_conn.close(redis)
         await check.aclose()
         server.stop()
+
+
+def _self_signed(workdir: Path) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
+    """A TLS-only redis-server: (port, its certificate, a certificate it does not have)."""
+    cert, key = _self_signed(tmp_path)
+    (tmp_path / "other").mkdir()
+    other, _ = _self_signed(tmp_path / "other")
+    port = RedisServer(tmp_path).port
+    exe = shutil.which("redis-server")
+    assert exe is not None
+    proc = subprocess.Popen(
+        [exe, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
+         str(cert), "--tls-auth-clients", "no", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):  # bounded: up within 10 s
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", port), timeout=0.2):
+                break
+            time.sleep(0.05)
+        yield port, cert, other
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+async def test_a_rediss_url_speaks_tls_and_checks_the_certificate(
+        tls_redis: tuple[int, Path, Path]) -> None:
+    port, cert, other = tls_redis
+    url = f"rediss://127.0.0.1:{port}/1?ssl_ca_certs={cert}"
+    redis = connect(url)
+    untrusted = connect(f"rediss://127.0.0.1:{port}/1?ssl_ca_certs={other}")
+    check = aioredis.Redis.from_url(url, socket_timeout=1)
+    try:
+        await Script(redis, "return redis.call('SET', KEYS[1], ARGV[1])")(
+            keys=["where"], args=["tls"])
+        assert await check.get("where") == b"tls"
+        with pytest.raises(REDIS_ERRORS, match="certificate verify failed"):
+            await Script(untrusted, _ECHO)(keys=["k"], args=["x"])
+    finally:
+        await redis_conn.close(redis)
+        await redis_conn.close(untrusted)
+        await check.aclose()
