@@ -20,6 +20,7 @@ from gateway.app import create_app
 from gateway.auth import hash_key
 from gateway.config import Config, ConfigError, load_config
 from gateway.lifecycle import LIFECYCLE
+from gateway.listen import AcceptingSite
 from gateway.registry import sandboxes
 
 DEFAULT_CONFIG = "config/sandbox.yaml"
@@ -66,8 +67,9 @@ async def _start(app: web.Application, host: str, port: int,
                            keepalive_timeout=75)
     await runner.setup()
     # aiohttp's default backlog (128) overflows under a connection burst: the kernel
-    # drops handshakes and each costs its client a SYN retransmit (1 s or more).
-    await web.TCPSite(runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG).start()
+    # drops handshakes and each costs its client a SYN retransmit (1 s or more). The
+    # site accepts the whole queue per readiness, where libuv takes one per loop turn.
+    await AcceptingSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
     return runner
 
 
