@@ -57,6 +57,36 @@ def listening_sockets(host: str | None, port: int, backlog: int) -> list[socket.
     return socks
 
 
+class _Listening(asyncio.AbstractServer):
+    """What aiohttp's runner reads of a site's server: its sockets
+    (``runner.addresses``). The site itself opens and closes them."""
+
+    def __init__(self, site: AcceptingSite) -> None:
+        self._site = site
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._site.sockets)
+
+    def close(self) -> None:
+        return None  # AcceptingSite.stop closes the sockets
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    def is_serving(self) -> bool:
+        return bool(self._site.sockets)
+
+    async def start_serving(self) -> None:
+        return None
+
+    async def serve_forever(self) -> None:
+        raise NotImplementedError("the site serves from the running loop")
+
+    async def wait_closed(self) -> None:
+        return None
+
+
 class AcceptingSite(web.BaseSite):
     """A TCP site for an aiohttp runner that accepts in batches (see the module doc)."""
 
@@ -71,7 +101,8 @@ class AcceptingSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return str(URL.build(scheme="http", host=self._host or "0.0.0.0", port=self._port))
+        port = self._socks[0].getsockname()[1] if self._socks else self._port
+        return str(URL.build(scheme="http", host=self._host or "0.0.0.0", port=port))
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -83,6 +114,7 @@ class AcceptingSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         for sock in self._socks:
             loop.add_reader(sock.fileno(), self._accept, sock)
+        self._server = _Listening(self)
 
     def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import aiohttp
 import pytest
 import uvloop
 from aiohttp import web
@@ -148,3 +149,30 @@ def test_listening_sockets_cover_every_address_and_close_on_failure() -> None:
     finally:
         for s in socks:
             s.close()
+
+
+async def test_the_site_serves_on_the_test_loop_and_reports_its_address() -> None:
+    """On asyncio's own loop too (the tests' loop); port 0 picks a free port that
+    ``runner.addresses`` reports, and stop() closes the sockets."""
+    app = web.Application()
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = AcceptingSite(runner, "127.0.0.1", 0, backlog=64)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        assert port != 0 and site.name == f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as s:
+            answers = await asyncio.gather(*(s.get(f"http://127.0.0.1:{port}/")
+                                             for _ in range(20)))
+            assert [a.status for a in answers] == [200] * 20
+    finally:
+        await runner.cleanup()
+    assert site.sockets == []
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
