@@ -33,13 +33,14 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    #: How the server keeps its data: none by default (a test's Redis is thrown away).
-    persistence: tuple[str, ...] = ("--appendonly", "no")
+    #: Options past port, address and directory. By default it keeps nothing (a
+    #: test's Redis is thrown away); subclasses add persistence, a password, TLS.
+    options: tuple[str, ...] = ("--appendonly", "no")
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             *self.persistence, "--dir", str(self.workdir), "--loglevel", "warning"],
+             *self.options, "--dir", str(self.workdir), "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

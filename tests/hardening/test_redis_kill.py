@@ -52,7 +52,7 @@ ASSIGNEE = {"teli": {"id": "user_xyz789"}, "vambe": {"id": "11111111-1111-4111-8
 class DurableRedis(RedisServer):
     """redis-server with an append-only file fsynced on every write."""
 
-    persistence = ("--appendonly", "yes", "--appendfsync", "always")
+    options = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The one pipelined connection the request path's scripts share (gateway.redis_conn).
 
 Against a real redis-server: killed, restarted, stopped (SIGSTOP), with a
-password and a database in its URL.
+password, a database, a unix socket and TLS in its URL.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ import asyncio
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -22,17 +21,36 @@ from redis.exceptions import AuthenticationError, ResponseError
 
 from gateway import redis_conn
 from gateway.redis_conn import REDIS_ERRORS, Script, connect, multiplexer
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, _free_port
 
 pytestmark = pytest.mark.redis
 
 _ECHO = "return {ARGV[1], KEYS[1]}"
+_SET = "return redis.call('SET', KEYS[1], ARGV[1])"
+
+
+@contextlib.asynccontextmanager
+async def client(url: str, **kwargs: Any) -> AsyncIterator[aioredis.Redis]:
+    """A gateway Redis client (``redis_conn.connect``), closed with its multiplexer."""
+    redis = connect(url, **kwargs)
+    try:
+        yield redis
+    finally:
+        await redis_conn.close(redis)
+
+
+@contextlib.contextmanager
+def running(server: RedisServer) -> Iterator[RedisServer]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 async def test_every_reply_reaches_its_own_caller(redis_server: RedisServer) -> None:
-    redis = connect(redis_server.url)
-    script = Script(redis, _ECHO)
-    try:
+    async with client(redis_server.url) as redis:
+        script = Script(redis, _ECHO)
         await script(keys=["k"], args=["warm"])
         before = (await redis.info("stats"))["total_reads_processed"]
         # Many callers in one loop turn: their commands share writes, their replies
@@ -44,15 +62,12 @@ async def test_every_reply_reaches_its_own_caller(redis_server: RedisServer) -> 
         # where a connection per command would be read once per command.
         reads = (await redis.info("stats"))["total_reads_processed"] - before
         assert reads < 100, reads
-    finally:
-        await redis_conn.close(redis)
 
 
 async def test_a_cancelled_caller_does_not_shift_the_replies(
         redis_server: RedisServer) -> None:
-    redis = connect(redis_server.url)
-    script = Script(redis, _ECHO)
-    try:
+    async with client(redis_server.url) as redis:
+        script = Script(redis, _ECHO)
         await script(keys=["k"], args=["warm"])
         gone = asyncio.ensure_future(script(keys=["k"], args=["gone"]))
         await asyncio.sleep(0)  # its command is queued; the write is this turn's
@@ -60,15 +75,12 @@ async def test_a_cancelled_caller_does_not_shift_the_replies(
         assert await script(keys=["k"], args=["mine"]) == [b"mine", b"k"]
         with pytest.raises(asyncio.CancelledError):
             await gone
-    finally:
-        await redis_conn.close(redis)
 
 
 async def test_an_error_reply_fails_only_its_call(redis_server: RedisServer) -> None:
-    redis = connect(redis_server.url)
-    bad = Script(redis, "return redis.call('INCR', KEYS[1])")
-    echo = Script(redis, _ECHO)
-    try:
+    async with client(redis_server.url) as redis:
+        bad = Script(redis, "return redis.call('INCR', KEYS[1])")
+        echo = Script(redis, _ECHO)
         await redis.set("text", "not a number")
         results = await asyncio.gather(echo(keys=["k"], args=["1"]), bad(keys=["text"]),
                                        echo(keys=["k"], args=["2"]), return_exceptions=True)
@@ -76,29 +88,23 @@ async def test_an_error_reply_fails_only_its_call(redis_server: RedisServer) -> 
         assert isinstance(results[1], ResponseError)
         link = multiplexer(redis)._link
         assert link is not None and not link.closed  # a reply error leaves it healthy
-    finally:
-        await redis_conn.close(redis)
 
 
 async def test_a_restarted_redis_costs_no_failed_call(redis_server: RedisServer) -> None:
-    redis = connect(redis_server.url)
-    script = Script(redis, _ECHO)
-    try:
+    async with client(redis_server.url) as redis:
+        script = Script(redis, _ECHO)
         assert await script(keys=["k"], args=["a"]) == [b"a", b"k"]
         redis_server.kill()
         redis_server.start()  # the same port, an empty script cache; no call in between
         # A new connection, then EVALSHA, NOSCRIPT, EVAL.
         assert await script(keys=["k"], args=["b"]) == [b"b", b"k"]
-    finally:
-        await redis_conn.close(redis)
 
 
 async def test_a_dead_redis_fails_calls_at_once_and_is_found_again(
         redis_server: RedisServer) -> None:
-    redis = connect(redis_server.url)
-    script = Script(redis, _ECHO)
-    loop = asyncio.get_running_loop()
-    try:
+    async with client(redis_server.url) as redis:
+        script = Script(redis, _ECHO)
+        loop = asyncio.get_running_loop()
         await script(keys=["k"], args=["a"])
         redis_server.kill()
         start = loop.time()
@@ -108,17 +114,14 @@ async def test_a_dead_redis_fails_calls_at_once_and_is_found_again(
         assert loop.time() - start < multiplexer(redis).timeout_s + 0.1
         redis_server.start()
         assert await script(keys=["k"], args=["back"]) == [b"back", b"k"]
-    finally:
-        await redis_conn.close(redis)
 
 
 async def test_a_hanging_redis_fails_every_waiting_call_within_the_timeout(
         redis_server: RedisServer) -> None:
-    redis = connect(redis_server.url, timeout_s=0.2)
-    script = Script(redis, _ECHO)
-    loop = asyncio.get_running_loop()
-    assert redis_server.proc is not None
-    try:
+    async with client(redis_server.url, timeout_s=0.2) as redis:
+        script = Script(redis, _ECHO)
+        loop = asyncio.get_running_loop()
+        assert redis_server.proc is not None
         await script(keys=["k"], args=["a"])
         redis_server.proc.send_signal(signal.SIGSTOP)
         try:
@@ -139,17 +142,14 @@ async def test_a_hanging_redis_fails_every_waiting_call_within_the_timeout(
         finally:
             redis_server.proc.send_signal(signal.SIGCONT)
         assert await script(keys=["k"], args=["back"]) == [b"back", b"k"]
-    finally:
-        await redis_conn.close(redis)
 
 
 async def test_waiting_commands_are_bounded(redis_server: RedisServer,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(redis_conn, "MAX_PENDING", 10)
-    redis = connect(redis_server.url, timeout_s=0.5)
-    script = Script(redis, _ECHO)
-    assert redis_server.proc is not None
-    try:
+    async with client(redis_server.url, timeout_s=0.5) as redis:
+        script = Script(redis, _ECHO)
+        assert redis_server.proc is not None
         await script(keys=["k"], args=["a"])
         redis_server.proc.send_signal(signal.SIGSTOP)
         try:
@@ -161,61 +161,52 @@ async def test_waiting_commands_are_bounded(redis_server: RedisServer,
             await asyncio.gather(*waiting, return_exceptions=True)
         finally:
             redis_server.proc.send_signal(signal.SIGCONT)
+
+
+@contextlib.asynccontextmanager
+async def checker(url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client, to look at what the gateway's client wrote."""
+    check = aioredis.Redis.from_url(url, socket_timeout=1)
+    try:
+        yield check
     finally:
-        await redis_conn.close(redis)
+        await check.aclose()
 
 
 class _PasswordRedis(RedisServer):
-    persistence = ("--appendonly", "no", "--requirepass", "s3cret")
+    options = ("--appendonly", "no", "--requirepass", "s3cret")
 
 
 async def test_the_url_s_password_and_database_are_used(tmp_path: Path) -> None:
-    server = _PasswordRedis(tmp_path)
-    server.start()
-    url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
-    redis = connect(url)
-    wrong = connect(f"redis://:wrong@127.0.0.1:{server.port}/3")
-    check = aioredis.Redis.from_url(url, socket_timeout=1)
-    try:
-        await Script(redis, "return redis.call('SET', KEYS[1], ARGV[1])")(
-            keys=["where"], args=["db3"])
-        assert await check.get("where") == b"db3"  # database 3, as the URL says
-        with pytest.raises(AuthenticationError):
-            await Script(wrong, _ECHO)(keys=["k"], args=["x"])
-    finally:
-        await redis_conn.close(redis)
-        await redis_conn.close(wrong)
-        await check.aclose()
-        server.stop()
+    with running(_PasswordRedis(tmp_path)) as server:
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+        async with client(url) as redis, checker(url) as check, \
+                client(f"redis://:wrong@127.0.0.1:{server.port}/3") as wrong:
+            await Script(redis, _SET)(keys=["where"], args=["db3"])
+            assert await check.get("where") == b"db3"  # database 3, as the URL says
+            with pytest.raises(AuthenticationError):
+                await Script(wrong, _ECHO)(keys=["k"], args=["x"])
 
 
 async def test_a_unix_socket_url_is_used(tmp_path: Path) -> None:
     sock = tmp_path / "redis.sock"
 
     class _UnixRedis(RedisServer):
-        persistence = ("--appendonly", "no", "--unixsocket", str(sock),
-                       "--unixsocketperm", "700")
+        options = ("--appendonly", "no", "--unixsocket", str(sock), "--unixsocketperm", "700")
 
-    server = _UnixRedis(tmp_path)
-    server.start()
-    url = f"unix://{sock}?db=2"
-    redis = connect(url)
-    check = aioredis.Redis.from_url(url, socket_timeout=1)
-    try:
-        await Script(redis, "return redis.call('SET', KEYS[1], ARGV[1])")(
-            keys=["where"], args=["db2"])
-        # Not on a TCP default (this machine runs another Redis on 6379): this one, db 2.
-        assert await check.get("where") == b"db2"
-    finally:
-        await redis_conn.close(redis)
-        await check.aclose()
-        server.stop()
+    with running(_UnixRedis(tmp_path)):
+        url = f"unix://{sock}?db=2"
+        async with client(url) as redis, checker(url) as check:
+            await Script(redis, _SET)(keys=["where"], args=["db2"])
+            # Not on a TCP default (this machine runs another Redis on 6379): this one, db 2.
+            assert await check.get("where") == b"db2"
 
 
 def _self_signed(workdir: Path) -> tuple[Path, Path]:
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is not installed")
+    workdir.mkdir(exist_ok=True)
     cert, key = workdir / "cert.pem", workdir / "key.pem"
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
                     str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
@@ -226,44 +217,28 @@ def _self_signed(workdir: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
-    """A TLS-only redis-server: (port, its certificate, a certificate it does not have)."""
+    """redis-server with a TLS port (its plain port only tells the fixture it is up):
+    (the TLS port, its certificate, a certificate it does not have)."""
     cert, key = _self_signed(tmp_path)
-    (tmp_path / "other").mkdir()
     other, _ = _self_signed(tmp_path / "other")
-    port = RedisServer(tmp_path).port
-    exe = shutil.which("redis-server")
-    assert exe is not None
-    proc = subprocess.Popen(
-        [exe, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
-         str(cert), "--tls-auth-clients", "no", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):  # bounded: up within 10 s
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", port), timeout=0.2):
-                break
-            time.sleep(0.05)
-        yield port, cert, other
-    finally:
-        proc.kill()
-        proc.wait(5)
+    tls_port = _free_port()
+
+    class _TlsRedis(RedisServer):
+        options = ("--appendonly", "no", "--tls-port", str(tls_port),
+                   "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                   "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")
+
+    with running(_TlsRedis(tmp_path)):
+        yield tls_port, cert, other
 
 
 async def test_a_rediss_url_speaks_tls_and_checks_the_certificate(
         tls_redis: tuple[int, Path, Path]) -> None:
     port, cert, other = tls_redis
     url = f"rediss://127.0.0.1:{port}/1?ssl_ca_certs={cert}"
-    redis = connect(url)
-    untrusted = connect(f"rediss://127.0.0.1:{port}/1?ssl_ca_certs={other}")
-    check = aioredis.Redis.from_url(url, socket_timeout=1)
-    try:
-        await Script(redis, "return redis.call('SET', KEYS[1], ARGV[1])")(
-            keys=["where"], args=["tls"])
+    async with client(url) as redis, checker(url) as check, \
+            client(f"rediss://127.0.0.1:{port}/1?ssl_ca_certs={other}") as untrusted:
+        await Script(redis, _SET)(keys=["where"], args=["tls"])
         assert await check.get("where") == b"tls"
         with pytest.raises(REDIS_ERRORS, match="certificate verify failed"):
             await Script(untrusted, _ECHO)(keys=["k"], args=["x"])
-    finally:
-        await redis_conn.close(redis)
-        await redis_conn.close(untrusted)
-        await check.aclose()
