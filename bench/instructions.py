@@ -1,0 +1,214 @@
+"""Instructions per request, counted by valgrind: an A/B that host noise cannot move.
+
+    .venv/bin/python -m bench.instructions [--ref HEAD~1] [--system gateway]
+        [--requests 1000] [--warmup 300] [--connections 1] [--repeat 2]
+
+This host's CPU time per request swings by 2x between rounds (other tenants), so a
+change worth 2% cannot be seen in wall or CPU time. ``valgrind --tool=callgrind``
+counts the instructions the system under test executes, which is repeatable for the
+same code and inputs whatever else the machine does. The count is not the time (a
+cache miss costs more than an add), but for an interpreter it follows the time
+closely enough to rank two versions of the same code.
+
+How: the fake upstream (and redis-server for ``gateway-redis``) run natively; the
+system under test runs under callgrind with instrumentation off. After the warm-up
+(natively driven, so imports, caches and pools are settled), instrumentation is
+switched on (``callgrind_control -i on``), ``--requests`` assigns are sent, and the
+totals are dumped (``callgrind_control -d``): instructions per request is the dump's
+total over the requests. ``--ref`` runs the same on the ``gateway/`` and
+``providers/`` of that commit (``git archive``) and prints both and the change.
+Only ``gateway`` and ``gateway-redis`` take ``--ref``; ``passthrough`` is the
+baseline. Requests go to loopback only, each with a timeout; the harness stops
+every process it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from bench.load import CLIENT_KEY
+from bench.procs import Procs, exit_on_sigterm, free_port, wait_http_ok, wait_port
+from bench.run import BODY, ROOT, check_assign, gateway_config
+
+SYSTEMS = ("gateway", "gateway-redis", "passthrough")
+#: Under callgrind the system runs about 50x slower than natively.
+REQUEST_TIMEOUT_S = 60.0
+CONTROL_TIMEOUT_S = 120.0
+_TOTALS = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
+
+
+async def drive(url: str, requests: int, connections: int) -> int:
+    """Send ``requests`` assigns over ``connections`` keep-alive connections; the
+    number answered 200 (anything else is an error of the run)."""
+    headers = {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"}
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    connector = aiohttp.TCPConnector(limit=connections)
+    ok = 0
+    left = requests
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal ok, left
+        while left > 0:
+            left -= 1
+            async with session.post(url, data=BODY, headers=headers) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"POST {url}: {resp.status}")
+                ok += 1
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(*(worker(session) for _ in range(connections)))
+    return ok
+
+
+def control(pid: int, *flags: str) -> None:
+    subprocess.run(["callgrind_control", *flags, str(pid)], check=True,
+                   timeout=CONTROL_TIMEOUT_S, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def dumped_total(outdir: Path, pid: int) -> int:
+    """The instruction total of the last dump callgrind wrote for ``pid``."""
+    dumps = sorted(outdir.glob(f"callgrind.out.{pid}*"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(dumps):
+        m = _TOTALS.search(path.read_text(errors="replace"))
+        if m:
+            return int(m.group(1))
+    raise RuntimeError(f"no callgrind dump with totals for pid {pid} in {outdir}")
+
+
+class Harness:
+    def __init__(self, args: argparse.Namespace, procs: Procs) -> None:
+        self.args, self.procs = args, procs
+        self.py = sys.executable
+        self.upstream = free_port()
+        self.redis_url: str | None = None
+
+    def start_upstreams(self) -> None:
+        p = self.procs.start("upstream", [self.py, "-m", "bench.upstream", "--port",
+                                          str(self.upstream)], sut=False)
+        wait_port(self.upstream, p)
+        if self.args.system == "gateway-redis":
+            port = free_port()
+            redis = self.procs.start("redis", [
+                "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--protected-mode", "no"], sut=False)
+            wait_port(port, redis)
+            self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def _argv(self, port: int, name: str) -> list[str]:
+        if self.args.system == "passthrough":
+            return [self.py, "-m", "bench.passthrough", "--port", str(port), "--upstream",
+                    f"http://127.0.0.1:{self.upstream}"]
+        cfg = self.procs.workdir / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump(gateway_config(port, self.upstream, self.upstream,
+                                                     self.redis_url)))
+        return [self.py, "-m", "gateway.cli", "serve", "--config", str(cfg)]
+
+    def count(self, name: str, source: Path) -> float:
+        """Instructions per request of the system whose code is under ``source``."""
+        port = free_port()
+        outdir = self.procs.workdir / f"cg-{name}"
+        outdir.mkdir(exist_ok=True)
+        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                f"--callgrind-out-file={outdir}/callgrind.out.%p", *self._argv(port, name)]
+        env = {"PYTHONPATH": str(source), "PYTHONHASHSEED": "0"}
+        proc = self.procs.start(name, argv, sut=True, env=env)
+        try:
+            path = "/v1/assign"
+            if self.args.system == "passthrough":
+                wait_port(port, proc, timeout_s=300)
+            else:
+                wait_http_ok(f"http://127.0.0.1:{port}/readyz", proc, timeout_s=300)
+                check_assign(f"http://127.0.0.1:{port}{path}", "bench")
+            url = f"http://127.0.0.1:{port}{path}"
+            asyncio.run(drive(url, self.args.warmup, self.args.connections))
+            control(proc.pid, "-i", "on")
+            started = time.monotonic()
+            answered = asyncio.run(drive(url, self.args.requests, self.args.connections))
+            control(proc.pid, "-d")
+            control(proc.pid, "-i", "off")
+            total = dumped_total(outdir, proc.pid)
+            print(f"  {name}: {total / answered:,.0f} instructions per request "
+                  f"({answered} requests, {time.monotonic() - started:.0f} s under valgrind)",
+                  flush=True)
+            return total / answered
+        finally:
+            self.procs.stop(proc, grace_s=30)
+
+
+def source_at(ref: str, into: Path) -> Path:
+    """``gateway/`` and ``providers/`` as of ``ref``, unpacked under ``into``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "gateway", "providers"],
+                             check=True, capture_output=True, timeout=60).stdout
+    into.mkdir(parents=True)
+    tar = into.parent / f"{into.name}.tar"
+    tar.write_bytes(archive)
+    with tarfile.open(tar) as t:
+        t.extractall(into, filter="data")
+    return into
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--system", choices=SYSTEMS, default="gateway")
+    p.add_argument("--ref", help="also count the gateway of this commit, and compare")
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--connections", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=1, help="runs per version (shows spread)")
+    args = p.parse_args(argv)
+    if args.ref and args.system == "passthrough":
+        p.error("--ref compares gateway code; the passthrough has no other version")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
+        return 2
+    exit_on_sigterm()
+    with tempfile.TemporaryDirectory(prefix="bench-instr-") as tmp:
+        procs = Procs(Path(tmp), cores=None)
+        try:
+            h = Harness(args, procs)
+            h.start_upstreams()
+            versions = {"this tree": ROOT}
+            if args.ref:
+                versions = {args.ref: source_at(args.ref, Path(tmp) / "ref"), **versions}
+            counts: dict[str, list[float]] = {v: [] for v in versions}
+            for r in range(args.repeat):
+                for v, source in versions.items():
+                    counts[v].append(h.count(f"{args.system} ({v}) r{r + 1}", source))
+            print(f"\n{args.system}, {args.connections} connection(s), {args.requests} "
+                  "requests per run; instructions per request:")
+            for v, cs in counts.items():
+                spread = f" (runs: {', '.join(f'{c:,.0f}' for c in cs)})" if len(cs) > 1 else ""
+                print(f"  {v}: {min(cs):,.0f}{spread}")
+            if args.ref:
+                a, b = min(counts[args.ref]), min(counts["this tree"])
+                print(f"  change: {100 * (b - a) / a:+.1f}%")
+        finally:
+            procs.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    raise SystemExit(main())
