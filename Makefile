@@ -50,10 +50,10 @@ test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # The gateway next to a bare passthrough (writes bench/RESULTS.md, bench/results.json).
-# Needs wrk as well, installed like the tests' packages; about 6 minutes.
+# Needs wrk and valgrind as well, installed like the tests' packages; about 8 minutes.
 BENCH_ARGS ?=
 bench: $(STAMP)
-	@$(MAKE) --no-print-directory system-deps SYSTEM_TOOLS="$(SYSTEM_TOOLS) wrk:wrk"
+	@$(MAKE) --no-print-directory system-deps SYSTEM_TOOLS="$(SYSTEM_TOOLS) wrk:wrk valgrind:valgrind"
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # The long runs of the hardening suite: 30 minutes of mixed traffic with faults

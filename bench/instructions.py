@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 import subprocess
@@ -92,54 +91,62 @@ def dumped_total(outdir: Path, pid: int) -> int:
 
 
 class Harness:
-    def __init__(self, args: argparse.Namespace, procs: Procs) -> None:
-        self.args, self.procs = args, procs
+    """Runs the systems under callgrind against one fake upstream (and one Redis)."""
+
+    def __init__(self, procs: Procs, *, requests: int, warmup: int,
+                 connections: int) -> None:
+        self.procs = procs
+        self.requests, self.warmup, self.connections = requests, warmup, connections
         self.py = sys.executable
         self.upstream = free_port()
         self.redis_url: str | None = None
 
-    def start_upstreams(self) -> None:
+    def start_upstreams(self, redis: bool) -> None:
         p = self.procs.start("upstream", [self.py, "-m", "bench.upstream", "--port",
                                           str(self.upstream)], sut=False)
         wait_port(self.upstream, p)
-        if self.args.system == "gateway-redis":
+        if redis:
             port = free_port()
-            redis = self.procs.start("redis", [
+            proc = self.procs.start("redis", [
                 "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--protected-mode", "no"], sut=False)
-            wait_port(port, redis)
+            wait_port(port, proc)
             self.redis_url = f"redis://127.0.0.1:{port}/0"
 
-    def _argv(self, port: int, name: str) -> list[str]:
-        if self.args.system == "passthrough":
+    def _argv(self, system: str, port: int, name: str) -> list[str]:
+        if system == "passthrough":
             return [self.py, "-m", "bench.passthrough", "--port", str(port), "--upstream",
                     f"http://127.0.0.1:{self.upstream}"]
+        redis_url = self.redis_url if system == "gateway-redis" else None
+        if system == "gateway-redis" and redis_url is None:
+            raise RuntimeError("gateway-redis needs start_upstreams(redis=True)")
         cfg = self.procs.workdir / f"{name}.yaml"
         cfg.write_text(yaml.safe_dump(gateway_config(port, self.upstream, self.upstream,
-                                                     self.redis_url)))
+                                                     redis_url)))
         return [self.py, "-m", "gateway.cli", "serve", "--config", str(cfg)]
 
-    def count(self, name: str, source: Path) -> float:
-        """Instructions per request of the system whose code is under ``source``."""
+    def count(self, system: str, name: str, source: Path = ROOT) -> float:
+        """Instructions per request of ``system`` whose code is under ``source``."""
         port = free_port()
-        outdir = self.procs.workdir / f"cg-{name}"
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+        outdir = self.procs.workdir / f"cg-{slug}"
         outdir.mkdir(exist_ok=True)
         argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                f"--callgrind-out-file={outdir}/callgrind.out.%p", *self._argv(port, name)]
+                f"--callgrind-out-file={outdir}/callgrind.out.%p",
+                *self._argv(system, port, slug)]
         env = {"PYTHONPATH": str(source), "PYTHONHASHSEED": "0"}
-        proc = self.procs.start(name, argv, sut=True, env=env)
+        proc = self.procs.start(slug, argv, sut=True, env=env)
         try:
-            path = "/v1/assign"
-            if self.args.system == "passthrough":
+            url = f"http://127.0.0.1:{port}/v1/assign"
+            if system == "passthrough":
                 wait_port(port, proc, timeout_s=300)
             else:
                 wait_http_ok(f"http://127.0.0.1:{port}/readyz", proc, timeout_s=300)
-                check_assign(f"http://127.0.0.1:{port}{path}", "bench")
-            url = f"http://127.0.0.1:{port}{path}"
-            asyncio.run(drive(url, self.args.warmup, self.args.connections))
+                check_assign(url, "bench")
+            asyncio.run(drive(url, self.warmup, self.connections))
             control(proc.pid, "-i", "on")
             started = time.monotonic()
-            answered = asyncio.run(drive(url, self.args.requests, self.args.connections))
+            answered = asyncio.run(drive(url, self.requests, self.connections))
             control(proc.pid, "-d")
             control(proc.pid, "-i", "off")
             total = dumped_total(outdir, proc.pid)
@@ -149,6 +156,23 @@ class Harness:
             return total / answered
         finally:
             self.procs.stop(proc, grace_s=30)
+
+
+def available() -> bool:
+    return shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None
+
+
+def count_systems(workdir: Path, systems: Sequence[str], *, requests: int = 1000,
+                  warmup: int = 300, connections: int = 1) -> dict[str, float]:
+    """Instructions per request of each system (this tree's code), for bench.run."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    procs = Procs(workdir, cores=None)
+    try:
+        h = Harness(procs, requests=requests, warmup=warmup, connections=connections)
+        h.start_upstreams(redis="gateway-redis" in systems)
+        return {s: h.count(s, s) for s in systems}
+    finally:
+        procs.stop_all()
 
 
 def source_at(ref: str, into: Path) -> Path:
@@ -180,22 +204,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+    if not available():
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
         return 2
     exit_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="bench-instr-") as tmp:
         procs = Procs(Path(tmp), cores=None)
         try:
-            h = Harness(args, procs)
-            h.start_upstreams()
+            h = Harness(procs, requests=args.requests, warmup=args.warmup,
+                        connections=args.connections)
+            h.start_upstreams(redis=args.system == "gateway-redis")
             versions = {"this tree": ROOT}
             if args.ref:
                 versions = {args.ref: source_at(args.ref, Path(tmp) / "ref"), **versions}
             counts: dict[str, list[float]] = {v: [] for v in versions}
             for r in range(args.repeat):
                 for v, source in versions.items():
-                    counts[v].append(h.count(f"{args.system} ({v}) r{r + 1}", source))
+                    counts[v].append(h.count(args.system, f"{args.system} ({v}) r{r + 1}",
+                                             source))
             print(f"\n{args.system}, {args.connections} connection(s), {args.requests} "
                   "requests per run; instructions per request:")
             for v, cs in counts.items():
@@ -210,5 +236,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     raise SystemExit(main())

@@ -166,6 +166,7 @@ def bars(runs: list[Run], meta: dict[str, Any], args: argparse.Namespace) -> lis
              per_round(runs, "main", top, "gateway-redis", "passthrough", _ratio_rps),
              ">= 0.65", lambda v: v >= 0.65, "",
              why_missing=missing.get("gateway-redis", ""), detail=d["redis"]),
+        _instructions_bar(meta.get("instructions", {})),
         _bar("added p50 latency over direct, 1 conn",
              per_round(runs, "main", 1, "gateway", "direct", _added("p50_ms")),
              "<= 0.6 ms", lambda v: v <= 0.6, " ms", fmt="{:.3f}", detail=d["p50"]),
@@ -179,6 +180,22 @@ def bars(runs: list[Run], meta: dict[str, Any], args: argparse.Namespace) -> lis
              per_round(runs, "slow", slow_c, "gateway", "direct", _added("p99_ms")),
              "<= 2 ms", lambda v: v <= 2.0, " ms", detail=d["slow"]),
     ]
+
+
+def _instructions_bar(ins: dict[str, Any]) -> dict[str, Any]:
+    """The CPU bar read a second way: instructions per request under callgrind, which
+    other tenants of the host cannot move (CPU time per request swings by 2x here)."""
+    name = "in-process instructions per request / passthrough (callgrind, 1 conn)"
+    per = ins.get("per_request", {})
+    gw, pt = per.get("gateway"), per.get("passthrough")
+    ratio = gw / pt if gw and pt else None
+    detail = ""
+    if ratio is not None:
+        detail = f"gateway {gw:,.0f} instructions per request, passthrough {pt:,.0f}"
+        if per.get("gateway-redis"):
+            detail += f", gateway-redis {per['gateway-redis']:,.0f} (Redis's own not counted)"
+    return _bar(name, ratio, "<= 1.25", lambda v: v <= 1.25, "x",
+                why_missing=ins.get("skipped", "no counts"), detail=detail)
 
 
 def build(meta: dict[str, Any], runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
@@ -280,6 +297,24 @@ def _slow_notes(slow: dict[str, Any], conns: int, delay_ms: float) -> list[str]:
     return out
 
 
+def _instructions_section(ins: dict[str, Any]) -> list[str]:
+    out = ["### Instructions per request (callgrind)", ""]
+    per = ins.get("per_request")
+    if not per:
+        return [*out, f"Not counted: {ins.get('skipped', 'no counts')}."]
+    out += [f"Each system alone under `valgrind --tool=callgrind`, {ins['requests']} assigns "
+            f"over {ins['connections']} connection after a warm-up, counted from the first "
+            "to the last (`bench/instructions.py`). The same code gives the same count to "
+            "about 0.3% whatever else the host does, so this is the CPU comparison to trust "
+            "when the CPU-time columns above swing between rounds; an instruction is not a "
+            "nanosecond (memory stalls are not counted), so the two readings differ.", "",
+            "| system | instructions per request | / passthrough |", "| --- | ---: | ---: |"]
+    base = per.get("passthrough")
+    for name, n in per.items():
+        out.append(f"| {name} | {n:,.0f} | {_f(n / base if base else None)} |")
+    return out
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta, summary = results["meta"], results["summary"]
     s = meta["settings"]
@@ -356,6 +391,7 @@ def markdown(results: dict[str, Any]) -> str:
         out.append(f"| {c} | {_f(r['gateway_rps'])} | {_f(r['gateway_redis_rps'])} | "
                    f"{_f(r['gateway_metrics_off_rps'])} | {_f(r['gateway_cpu'])} | "
                    f"{_f(r['gateway_redis_cpu'])} |")
+    out += ["", *_instructions_section(meta.get("instructions", {}))]
     out += ["", "### Added latency over a direct call, one connection (ms)", "",
             "| system | p50 | p99 |", "| --- | ---: | ---: |"]
     a1 = results["added_latency_vs_direct"]["main/1"]
@@ -421,6 +457,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Machine load: load average {' '.join(meta['loadavg_start'])} at the start, "
         f"{' '.join(meta['loadavg_end'])} at the end. The machine is shared with other "
         "work; the *other load* column says how much of it reached the measured core.",
+        "- A/B of two commits without the host's noise: `.venv/bin/python -m "
+        "bench.instructions --ref <commit>` counts both gateways' instructions per request.",
         "- Hot spots: `.venv/bin/python -m bench.profile [--redis]` runs the same gateway "
         "under wrk with py-spy (`pip install py-spy`) and prints where its CPU goes.",
         f"- Niceness of every process the harness starts: {s['nice']} (`--nice`).",

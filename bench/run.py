@@ -314,6 +314,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "saturated throughput)")
     p.add_argument("--skip-redis", action="store_true")
     p.add_argument("--skip-metrics-off", action="store_true")
+    p.add_argument("--instructions", type=int, default=1000, metavar="N",
+                   help="requests counted under callgrind per system (0: skip; see "
+                        "bench.instructions)")
     p.add_argument("--start-attempts", type=int, default=4)
     p.add_argument("--start-retry-s", type=float, default=15.0)
     p.add_argument("--out", type=Path, default=ROOT / "bench")
@@ -323,6 +326,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "else 0): on a shared machine, other work takes less of the "
                         "measured core")
     return p.parse_args(argv)
+
+
+def count_instructions(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Instructions per request under callgrind: the CPU comparison host noise cannot
+    move (bench.instructions)."""
+    from bench import instructions  # it imports this module's gateway_config
+
+    if args.instructions <= 0:
+        return {"skipped": "--instructions 0"}
+    if not instructions.available():
+        return {"skipped": "valgrind is not installed"}
+    systems = ["passthrough", "gateway"] + ([] if args.skip_redis else ["gateway-redis"])
+    log(f"counting instructions per request under callgrind ({args.instructions} requests "
+        "per system, 1 connection)")
+    counts = instructions.count_systems(workdir / "instructions", systems,
+                                        requests=args.instructions)
+    return {"requests": args.instructions, "connections": 1, "per_request": counts}
 
 
 def pinning() -> tuple[str, str] | None:
@@ -363,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, why in b.not_measured.items():
             log(f"{name}: not measured: {why.splitlines()[0]}")
         runs = measure(b, args, cores, lambda r: log(report.progress_line(r)))
+        procs.stop_all()  # the callgrind runs below start their own processes
+        meta["instructions"] = count_instructions(args, workdir)
         meta["not_measured"] = b.not_measured
         meta["paced_rps"] = getattr(args, "paced_rps_used", None)
         meta["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
