@@ -41,9 +41,9 @@ import yaml
 
 from bench.load import CLIENT_KEY
 from bench.procs import Procs, exit_on_sigterm, free_port, wait_http_ok, wait_port
-from bench.run import BODY, ROOT, check_assign, gateway_config
+from bench.run import BODY, METRICS_KNOB, ROOT, check_assign, gateway_config
 
-SYSTEMS = ("gateway", "gateway-redis", "passthrough")
+SYSTEMS = ("gateway", "gateway-redis", "gateway-metrics-off", "passthrough")
 #: Under callgrind the system runs about 50x slower than natively.
 REQUEST_TIMEOUT_S = 60.0
 CONTROL_TIMEOUT_S = 120.0
@@ -135,6 +135,8 @@ class Harness:
                 f"--callgrind-out-file={outdir}/callgrind.out.%p",
                 *self._argv(system, port, slug)]
         env = {"PYTHONPATH": str(source), "PYTHONHASHSEED": "0"}
+        if system == "gateway-metrics-off":
+            env[METRICS_KNOB[0]] = METRICS_KNOB[1]
         proc = self.procs.start(slug, argv, sut=True, env=env)
         try:
             url = f"http://127.0.0.1:{port}/v1/assign"

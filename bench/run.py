@@ -338,6 +338,7 @@ def count_instructions(args: argparse.Namespace, workdir: Path) -> dict[str, Any
     if not instructions.available():
         return {"skipped": "valgrind is not installed"}
     systems = ["passthrough", "gateway"] + ([] if args.skip_redis else ["gateway-redis"])
+    systems += [] if args.skip_metrics_off else ["gateway-metrics-off"]
     log(f"counting instructions per request under callgrind ({args.instructions} requests "
         "per system, 1 connection)")
     counts = instructions.count_systems(workdir / "instructions", systems,
