@@ -134,10 +134,13 @@ class Harness:
         argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                 f"--callgrind-out-file={outdir}/callgrind.out.%p",
                 *self._argv(system, port, slug)]
+        # ``python -m`` puts its working directory first on sys.path, before
+        # PYTHONPATH: the process starts in ``source`` so that its gateway is the one run.
         env = {"PYTHONPATH": str(source), "PYTHONHASHSEED": "0"}
         if system == "gateway-metrics-off":
             env[METRICS_KNOB[0]] = METRICS_KNOB[1]
-        proc = self.procs.start(slug, argv, sut=True, env=env)
+        proc = self.procs.start(slug, argv, sut=True, env=env,
+                                cwd=ROOT if system == "passthrough" else source)
         try:
             url = f"http://127.0.0.1:{port}/v1/assign"
             if system == "passthrough":

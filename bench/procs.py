@@ -84,7 +84,8 @@ class Procs:
         return cmd
 
     def popen(self, argv: Sequence[str], *, sut: bool, stdout: Any, stderr: Any,
-              env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+              env: Mapping[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
         """Start argv pinned and reniced, in a session of its own.
 
         With autogroup scheduling (Linux's default for desktops and many VMs) the
@@ -94,17 +95,19 @@ class Procs:
         """
         popen = subprocess.Popen(self.wrap(argv, sut=sut), stdout=stdout, stderr=stderr,
                                  stdin=subprocess.DEVNULL, start_new_session=True,
-                                 env={**os.environ, **(env or {})})
+                                 env={**os.environ, **(env or {})}, cwd=cwd)
         if self.nice:
             with contextlib.suppress(OSError):
                 Path(f"/proc/{popen.pid}/autogroup").write_text(str(self.nice))
         return popen
 
     def start(self, name: str, argv: Sequence[str], *, sut: bool,
-              env: Mapping[str, str] | None = None) -> Proc:
+              env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Proc:
+        """Start argv; ``cwd``: where ``python -m`` finds its package first."""
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:
-            popen = self.popen(argv, sut=sut, stdout=out, stderr=subprocess.STDOUT, env=env)
+            popen = self.popen(argv, sut=sut, stdout=out, stderr=subprocess.STDOUT, env=env,
+                               cwd=cwd)
         proc = Proc(name, popen, log)
         self.started.append(proc)
         return proc
