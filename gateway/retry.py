@@ -38,6 +38,7 @@ from gateway import redis_keys
 from gateway.config import RetrySpec
 from gateway.errors import GatewayError
 from gateway.redis_conn import REDIS_ERRORS, Script
+from gateway.values import value_class
 
 log = logging.getLogger("gateway")
 
@@ -67,7 +68,7 @@ class RetryState:
     queued_wait_s: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Retry:
     reason: str
     wait_s: float

@@ -10,7 +10,6 @@ command through its adapter within a deadline and shapes the canonical result.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, cast
 
 from gateway.auth import check_tenant
@@ -42,9 +41,10 @@ from gateway.spi import (
     Upstream,
 )
 from gateway.upstream import ProviderClient
+from gateway.values import value_class
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Plan:
     """A request the gateway has accepted for a provider, ready to run (or queue)."""
 
@@ -152,7 +152,7 @@ async def attempt(plan: Plan, pc: ProviderClient, call: Upstream) -> Outcome:
         raise
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Done:
     """A succeeded operation's answer: ``body`` is its :class:`Result` as JSON, built
     directly (the request path would otherwise build the model and dump it twice;

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal, NewType, Protocol, TypeVar
 from urllib.parse import quote
 
 from gateway.errors import InvalidRequest
+from gateway.values import value_class
 
 # Canonical identifiers (what clients send, normalized) and provider
 # identifiers (what the provider calls the same thing) are distinct types.
@@ -48,7 +49,7 @@ JSON = Any
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ContactRef:
     """A contact as the client named it, already normalized (E.164, lower-case email)."""
 
@@ -56,13 +57,13 @@ class ContactRef:
     value: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class AssigneeRef:
     kind: AssigneeKind
     value: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class TenantContext:
     """What an adapter may know of the tenant it serves."""
 
@@ -72,7 +73,7 @@ class TenantContext:
     organization_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class AssignCommand:
     tenant: TenantContext
     contact: ContactRef
@@ -82,7 +83,7 @@ class AssignCommand:
     assigned_by: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class UnassignCommand:
     tenant: TenantContext
     contact: ContactRef
@@ -90,7 +91,7 @@ class UnassignCommand:
     assigned_by: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Outcome:
     """What the provider did, in canonical terms."""
 
@@ -99,7 +100,7 @@ class Outcome:
     assignee_name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class UpstreamRequest:
     """One HTTP exchange an adapter wants made.
 
@@ -115,7 +116,7 @@ class UpstreamRequest:
     json: JSON = None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class UpstreamResponse:
     status: int
     headers: Mapping[str, str]

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gateway.values import value_class
+
 US = 1_000_000
 
 
@@ -52,7 +54,7 @@ class Bucket:
         return Bucket(self.interval_us * replicas, max(1, self.burst // replicas))
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Decision:
     """One answer of a bucket.
 
