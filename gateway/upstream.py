@@ -189,21 +189,41 @@ class ProviderClient:
                     request.method, self.url(request), params=request.query or None,
                     data=data, headers=headers, allow_redirects=False, timeout=_NO_TIMEOUT,
                 ) as resp:
-                    body = await resp.content.read(MAX_UPSTREAM_BODY + 1)
-                    return self._response(resp, body)
+                    return self._response(resp, await _read_body(resp))
         except TimeoutError:
             raise UpstreamTimeout(f"no answer within {timeout_s:g} s") from None
         except (aiohttp.ClientError, OSError) as e:
             raise UpstreamConnectError(_connect_detail(e)) from None
 
     def _response(self, resp: aiohttp.ClientResponse, body: bytes) -> UpstreamResponse:
-        if len(body) > MAX_UPSTREAM_BODY:
-            raise UpstreamMalformed("the provider's answer is larger than any it documents")
         if 300 <= resp.status < 400:
             # Following a redirect would carry the credential to wherever it points.
             raise UpstreamRejected(f"the provider answered a redirect ({resp.status}); "
                                    "the gateway does not follow redirects")
         return UpstreamResponse(resp.status, resp.headers, body)
+
+
+_TOO_LARGE = "the provider's answer is larger than any it documents"
+
+
+async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body, to its end, refused past ``MAX_UPSTREAM_BODY``.
+
+    ``StreamReader.read(n)`` would return only what has arrived so far: an answer
+    that comes in pieces (chunked, TLS records, a slow link) would be cut short.
+    The loop ends: every chunk holds at least one byte and the total is capped
+    (and the exchange's timeout bounds the wait).
+    """
+    if resp.content_length is not None and resp.content_length > MAX_UPSTREAM_BODY:
+        raise UpstreamMalformed(_TOO_LARGE)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.readany():
+        size += len(chunk)
+        if size > MAX_UPSTREAM_BODY:
+            raise UpstreamMalformed(_TOO_LARGE)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _connect_detail(e: BaseException) -> str:
