@@ -8,6 +8,7 @@ written as one JSON line (:mod:`gateway.logs`).
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -52,7 +53,7 @@ def json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None
 def problem_response(err: GatewayError, request_id: str) -> web.Response:
     headers = {"X-Request-ID": request_id}
     if err.retry_after is not None:
-        headers["Retry-After"] = str(max(1, int(err.retry_after + 0.999)))
+        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
     if isinstance(err, MethodNotAllowed):
         headers["Allow"] = err.allow
     return json_response(err.problem(), err.status, headers, "application/problem+json")
@@ -148,6 +149,11 @@ async def read_body(request: web.Request, model: type[M]) -> M:
                 raw = await request.read()
     except TimeoutError:
         raise InvalidRequest(f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
+    except web.RequestPayloadError:
+        # A body its own Content-Encoding cannot decode (bad gzip or deflate): the
+        # client's mistake, so a 400, not the catch-all's 500.
+        raise InvalidRequest("the body could not be decoded as its Content-Encoding "
+                             "says") from None
     try:
         # The common case in one pass (pydantic parses the JSON itself). Any failure is
         # diagnosed again below, so every refusal reads exactly as it always has.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 from typing import Any
 
 import pytest
@@ -94,6 +96,22 @@ async def test_body_limits_and_media_type(gw: Any) -> None:
     await _problem(await gw.post("/v1/assign", data=b"[1, 2]",
                                  headers={**auth(), "Content-Type": "application/json"}),
                    400, "invalid_request")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_its_content_encoding_cannot_decode_is_a_400(gw: Any,
+                                                                 encoding: str) -> None:
+    body = await _problem(await gw.post("/v1/assign", data=b"not compressed at all", headers={
+        **auth(), "Content-Type": "application/json", "Content-Encoding": encoding}),
+        400, "invalid_request")
+    assert "Content-Encoding" in body["detail"]
+
+
+async def test_a_compressed_body_is_accepted(gw: Any) -> None:
+    resp = await gw.post("/v1/assign", data=gzip.compress(json.dumps(ASSIGN).encode()),
+                         headers={**auth(), "Content-Type": "application/json",
+                                  "Content-Encoding": "gzip"})
+    assert resp.status == 200, await resp.text()
 
 
 async def test_unknown_route_and_method(gw: Any) -> None:
