@@ -42,6 +42,9 @@ class Lifecycle:
         self.draining = False
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        # Replaced runtimes whose requests may still be in flight. A client carried
+        # over by one reload and replaced by the next is held by each of them.
+        self._replaced: list[Runtime] = []
 
     @property
     def runtime(self) -> Runtime:
@@ -78,19 +81,28 @@ class Lifecycle:
         providers = build_providers(new, self.app[SERVICES].registry, self.app[METRICS],
                                     previous=old.providers)
         runtime = Runtime(new, ClientAuth(new.clients), providers)
+        runtime.ready = not self.draining  # a reload during a drain does not undo it
         # The Application is frozen once started; the runtime is the one piece
         # meant to change while serving, so the deprecation is deliberate here.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             self.app[RUNTIME] = runtime
-        task = asyncio.create_task(self._retire(old, runtime))
+        self._replaced.append(old)
+        task = asyncio.create_task(self._retire(old))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _retire(self, old: Runtime, new: Runtime, max_wait_s: float = 120.0) -> None:
-        """Close the old runtime's replaced clients once its requests are done."""
-        await old.wait_idle(max_wait_s)
-        await close_providers(old.providers, keep=new.providers)
+    async def _retire(self, old: Runtime, max_wait_s: float = 120.0) -> None:
+        """Close the old runtime's clients once its requests are done, except those
+        the current runtime or another replaced one still in flight holds (that one
+        closes them when its own requests are done)."""
+        try:
+            await old.wait_idle(max_wait_s)
+        finally:
+            self._replaced.remove(old)
+        live = [self.runtime, *self._replaced]
+        keep = {str(id(c)): c for rt in live for c in rt.providers.values()}
+        await close_providers(old.providers, keep=keep)
 
     def begin_drain(self) -> None:
         self.draining = True

@@ -9,10 +9,12 @@ from typing import Any
 
 import aiohttp
 import yaml
+from aiohttp import web
 
 from gateway.app import create_app
 from gateway.auth import hash_key
 from gateway.config import build_config
+from gateway.lifecycle import LIFECYCLE
 from tests.conftest import CLIENT_KEY, Sandbox, auth, gateway_config_dict
 from tests.procs import GatewayProcess
 
@@ -124,3 +126,64 @@ async def test_sighup_swap_under_load(sandboxes_up: dict[str, Sandbox], tmp_path
     assert sum(1 for line in gw.output if "refused" in line) == 1
     print(f"swap under load: {len(results)} requests, 0 failed; "
           f"{len(late)} after the swap all on teli")
+
+
+def _slow_config(port: int, timeout_s: float, extra_client: bool) -> dict[str, Any]:
+    clients: list[dict[str, Any]] = [{"name": "app", "key_sha256": hash_key(CLIENT_KEY),
+                                      "tenants": ["t"]}]
+    if extra_client:
+        clients.append({"name": "x", "key_sha256": hash_key("another-key"), "tenants": ["t"]})
+    return {"clients": clients, "tenants": {"t": {"provider": "a"}},
+            "providers": {"a": {"type": "aelyst", "api_key": "k", "timeout_s": timeout_s,
+                                "base_url": f"http://127.0.0.1:{port}/v1"}}}
+
+
+async def test_a_client_carried_over_then_replaced_stays_open_for_requests_in_flight(
+        aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path) -> None:
+    """Reload 1 carries provider a over unchanged; reload 2 replaces it. A request that
+    started before both still uses the first client: it must not be closed under it."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def assignee(request: web.Request) -> web.Response:
+        arrived.set()
+        async with asyncio.timeout(10):
+            await release.wait()
+        return web.json_response({"contactId": 1})
+
+    up = web.Application()
+    up.router.add_post("/v1/contact/{id}/conversation/assignee", assignee)
+    upstream = await aiohttp_server(up)
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(_slow_config(upstream.port, 5, False)))
+    gw = await aiohttp_client(create_app(build_config(_slow_config(upstream.port, 5, False),
+                                                      env={}), config_path=str(path)))
+    body = {"contact": {"phone": "+15551234567"}, "assignee": {"id": "17"}}
+    in_flight = asyncio.create_task(gw.post("/v1/assign", json=body, headers=auth()))
+    async with asyncio.timeout(10):
+        await arrived.wait()
+    lifecycle = gw.app[LIFECYCLE]
+    path.write_text(yaml.safe_dump(_slow_config(upstream.port, 5, True)))  # a kept
+    assert await lifecycle.reload("test") == []
+    path.write_text(yaml.safe_dump(_slow_config(upstream.port, 6, True)))  # a replaced
+    assert await lifecycle.reload("test") == []
+    await asyncio.sleep(0)  # the retirement tasks run: the second runtime is idle
+    release.set()
+    resp = await in_flight
+    assert resp.status == 200, await resp.text()
+    resp = await gw.post("/v1/assign", json=body, headers=auth())
+    assert resp.status == 200, await resp.text()
+
+
+async def test_a_reload_during_a_drain_keeps_the_replica_unready(
+        aiohttp_client: Any, sandboxes_up: dict[str, Sandbox], tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(_config(sandboxes_up, "aelyst-sb")))
+    gw = await aiohttp_client(create_app(build_config(_config(sandboxes_up, "aelyst-sb"),
+                                                      env={}), config_path=str(path)))
+    assert (await gw.get("/readyz")).status == 200
+    lifecycle = gw.app[LIFECYCLE]
+    lifecycle.begin_drain()
+    path.write_text(yaml.safe_dump(_config(sandboxes_up, "teli-sb")))
+    assert await lifecycle.reload("test") == []
+    assert (await gw.get("/readyz")).status == 503
+    assert (await gw.post("/v1/assign", json=BODY, headers=auth())).status == 503
