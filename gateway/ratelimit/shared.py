@@ -37,7 +37,9 @@ from gateway.ratelimit.redis_backend import BackendUnavailable, RedisBackend
 
 log = logging.getLogger("gateway")
 
-#: Pings per watch task; the next decision starts a new task once these are done.
+#: Pings per watch task while Redis answers; the next decision starts a new task once
+#: these are done. While Redis does not answer, the watch goes on until it does (or the
+#: gateway closes): the degraded gauge must clear even on a replica no request reaches.
 _WATCH_ROUNDS = 240
 
 
@@ -149,13 +151,15 @@ class SharedBackend:
             self._watch = asyncio.get_running_loop().create_task(self._watch_rounds())
 
     async def _watch_rounds(self) -> None:
-        for _ in range(_WATCH_ROUNDS):
+        healthy = 0
+        while healthy < _WATCH_ROUNDS:  # each ping has the client's timeout
             await asyncio.sleep(self.probe_interval_s)
             try:
                 await self._redis.ping()
             except BackendUnavailable as e:
                 self._degrade(e)
                 continue
+            healthy += 1
             if self.degraded:
                 await self._redis.drop_idle_connections()
                 self._recover()

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.config import LimiterSpec
+from gateway.ratelimit import shared
 from gateway.ratelimit.gcra import Bucket
 from gateway.ratelimit.memory import MemoryBackend
 from gateway.ratelimit.redis_backend import RedisBackend
@@ -94,6 +95,20 @@ async def test_an_outage_is_noticed_while_no_request_asks(
     back = await rig.until_state(False, within_s=2.0)
     assert rig.states == [True, False]
     print(f"outage noticed after {noticed:.2f} s, return after {back:.2f} s")
+
+
+async def test_an_outage_longer_than_the_watch_still_clears_without_requests(
+        rig: Rig, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The watch stops after a number of answered pings; failed pings must not count,
+    # or an idle replica stays "degraded" (and its alert firing) after Redis is back.
+    monkeypatch.setattr(shared, "_WATCH_ROUNDS", 3)
+    assert (await rig.shared.reserve("k", Bucket.of(10, 2), 0.0)).allowed
+    redis_server.kill()
+    await rig.until_state(True, within_s=2.0)
+    await asyncio.sleep(PROBE_S * 6)  # more failed pings than the watch's rounds
+    redis_server.start()
+    await rig.until_state(False, within_s=5.0)
+    assert rig.states == [True, False]
 
 
 async def test_fail_closed_refuses_while_redis_is_away(redis_server: RedisServer) -> None:
