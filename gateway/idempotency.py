@@ -235,7 +235,9 @@ async def guarded(request: web.Request, client: str, operation: str, body: BaseM
     scope = redis_keys.idempotency(client, hashlib.sha256(key.encode()).hexdigest())
     mine = Entry(fingerprint(operation, body), secrets.token_hex(8))
     existing = await store.claim(scope, mine, _claim_ttl(request.app))
-    if existing is not None:
+    # The entry may be this very claim's: a claim whose reply was lost with its
+    # connection is sent again (gateway.redis_conn), and the second run finds the first.
+    if existing is not None and existing.nonce != mine.nonce:
         if existing.fingerprint != mine.fingerprint:
             raise IdempotencyConflict(f"this {HEADER} was used with another request")
         if not existing.done:

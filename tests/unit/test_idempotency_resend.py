@@ -1,0 +1,51 @@
+"""A claim that ran twice (its reply lost, the script sent again) is still the caller's."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from gateway import idempotency
+from gateway.auth import ClientAuth
+from gateway.config import build_config
+from gateway.idempotency import IDEMPOTENCY, Entry, MemoryIdempotency
+from gateway.models import AssignRequest
+from gateway.runtime import RUNTIME, Runtime
+
+
+class ResentClaims(MemoryIdempotency):
+    """Runs every claim twice, as a resent script would, and answers the second run."""
+
+    async def claim(self, scope: str, entry: Entry, ttl_s: float) -> Entry | None:
+        await super().claim(scope, entry, ttl_s)
+        return await super().claim(scope, entry, ttl_s)
+
+
+def _request(store: MemoryIdempotency) -> web.Request:
+    app = web.Application()
+    app[IDEMPOTENCY] = store
+    config = build_config({"clients": [], "tenants": {}, "providers": {}}, env={})
+    app[RUNTIME] = Runtime(config, ClientAuth(()), {})
+    return make_mocked_request("POST", "/v1/assign", headers={"Idempotency-Key": "k1"},
+                               app=app)
+
+
+BODY = AssignRequest.model_validate({"contact": {"id": "1"}, "assignee": {"id": "2"}})
+
+
+async def test_a_resent_claim_runs_the_request_and_a_retry_replays_it() -> None:
+    store = ResentClaims(time.time)
+    runs = 0
+
+    async def run() -> web.Response:
+        nonlocal runs
+        runs += 1
+        return web.json_response({"status": "assigned"})
+
+    first = await idempotency.guarded(_request(store), "app", "assign", BODY, run)
+    assert first.status == 200 and runs == 1
+    again = await idempotency.guarded(_request(store), "app", "assign", BODY, run)
+    assert again.status == 200 and runs == 1
+    assert again.headers["Idempotent-Replayed"] == "true"
