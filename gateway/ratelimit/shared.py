@@ -10,7 +10,9 @@ Three states:
   ``ratelimit.on_redis_error`` decides. ``fail_closed`` refuses every request
   (429, Retry-After); ``local`` decides in this process at the bucket's rate
   divided by ``ratelimit.replicas``, so the replicas together stay within the one
-  real limit. ``gateway_ratelimit_degraded`` is 1 meanwhile.
+  real limit, except that each keeps a burst of at least one: where ``burst`` is
+  smaller than ``replicas`` they can exceed it by ``replicas - burst`` in a short
+  window. ``gateway_ratelimit_degraded`` is 1 meanwhile.
 - **handover** (Redis is back): for ``probe_interval_s + max_wait`` every request
   needs both a local slot and a Redis slot, and waits for the later one. Another
   replica may not have noticed the return yet and still spends its local share,
