@@ -26,6 +26,8 @@ from pydantic import (
     field_validator,
 )
 
+from gateway.errors import InvalidRequest
+from gateway.identifiers import check_provider_id
 from gateway.registry import AdapterClass, adapters
 
 
@@ -237,6 +239,28 @@ def _cross_check(spec: FileSpec, problems: list[str]) -> None:
                 problems.append(f"directory.{email}.{pname}: not a key of providers")
 
 
+def _check_directory(
+    spec: FileSpec, registry: Mapping[str, AdapterClass], problems: list[str]
+) -> None:
+    """Each override is the named provider's own user id, by its adapter's pattern.
+
+    An override is sent as ``assignee.id`` without the request-time check, so a bad
+    one would fail every request as the client's fault; it is the file's.
+    """
+    for email, entries in spec.directory.items():
+        for pname, value in entries.items():
+            provider = spec.providers.get(pname)
+            cls = None if provider is None else registry.get(provider.type)
+            if provider is None or cls is None:
+                continue  # reported already: not a provider, or an unknown type
+            pattern = cls.capabilities.assignee_id_pattern
+            try:
+                check_provider_id(str(value), pattern, "assignee.id", provider.type)
+            except InvalidRequest:
+                problems.append(f"directory.{email}.{pname}: {str(value)!r} is not a "
+                                f"{provider.type} user id (it must match {pattern})")
+
+
 def build_config(
     raw: Any,
     *,
@@ -256,6 +280,7 @@ def build_config(
     _cross_check(spec, problems)
     reg = adapters() if registry is None else registry
     providers = {n: _resolve_provider(n, p, reg, problems) for n, p in spec.providers.items()}
+    _check_directory(spec, reg, problems)
     if problems:
         raise ConfigError(problems)
     return Config(

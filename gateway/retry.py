@@ -8,9 +8,11 @@ error, see :mod:`gateway.errors`):
   have acted on it);
 - ``connect`` (refused, reset), ``5xx`` and ``timeout``: full-jitter
   exponential backoff, ``uniform(0, min(backoff_max_s, backoff_base_s * 2**n))``;
-- ``429``: after the provider's ``Retry-After`` (the backoff when it sends none);
+- ``429``: after the provider's ``Retry-After``, but never sooner than the
+  backoff (all of it when it sends none);
 - ``449`` (Aelyst's "in queue, try again in a few minutes"): ``queued_backoff_s``,
-  doubling, capped at ten times the first wait (DESIGN's 30 s up to 300 s).
+  doubling, capped at ten times the first wait (DESIGN's 30 s up to 300 s); a
+  ``Retry-After`` (undocumented for 449) may lengthen a wait, never shorten it.
 
 A wait the provider asked for (449, 429 with ``Retry-After``) is *paced*: when
 it and one more attempt do not fit in what is left of a synchronous deadline,
@@ -101,13 +103,16 @@ def next_retry(err: GatewayError, spec: RetrySpec, state: History, rand: float) 
         return None
     if err.reason == "449":
         wait, state.queued_wait_s = queued_wait(spec, state.queued_wait_s, rand)
-        if err.retry_after is not None:  # not documented for 449, but honoured if sent
-            wait = err.retry_after
-        return Retry("449", wait, paced=True)
+        # No Retry-After is documented for 449: a longer one is honoured, a shorter
+        # one (0, a past date) would turn "a few minutes" into an unbudgeted loop.
+        return Retry("449", max(wait, err.retry_after or 0.0), paced=True)
     state.failures += 1
+    backoff = full_jitter(spec, state.failures, rand)
     if err.reason == "429" and err.retry_after is not None:
-        return Retry("429", err.retry_after, paced=True)
-    return Retry(err.reason, full_jitter(spec, state.failures, rand), paced=False)
+        # At least the backoff a 429 without Retry-After gets: "Retry-After: 0"
+        # must not let one operation spend the provider's retry budget at once.
+        return Retry("429", max(backoff, err.retry_after), paced=True)
+    return Retry(err.reason, backoff, paced=False)
 
 
 def sync_action(retry: Retry, spec: RetrySpec, state: History, remaining_s: float,

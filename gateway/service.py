@@ -105,7 +105,9 @@ def _assignee(a: AssigneeIn, caps: Capabilities, provider_type: str, provider: s
         email = normalize_email(a.email, "assignee.email")
         override = directory.get(email, {}).get(provider)
         if override is not None:
-            # The platform team's directory answers before any provider look-up.
+            # The platform team's directory answers before any provider look-up. Not
+            # checked here: gateway.config refuses an entry that is not the provider's
+            # id, a fault of the file that would otherwise be blamed on the client.
             return AssigneeRef("id", override)
         if "email" in caps.assignee_kinds:
             return AssigneeRef("email", email)

@@ -8,6 +8,8 @@ endpoint does both: ``{"assignee": <user id int> | "<email>" | null}`` on
 
 from __future__ import annotations
 
+import re
+
 import orjson
 from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError
 
@@ -36,6 +38,10 @@ from gateway.spi import (
     retry_after_s,
     standard_rate_feedback,
 )
+
+# Undocumented (open question 1): how Aelyst words an unknown assignee. Normalized
+# text such as "user not found" or "assignee 17 not found".
+_USER_NOT_FOUND = re.compile(r"(user|assignee)\b.*\bnot found")
 
 
 class AssigneeResponse(BaseModel):
@@ -92,12 +98,20 @@ def _assignee_value(assignee: AssigneeRef | None) -> int | str | None:
 
 def _not_found(response: UpstreamResponse, *, assign: bool) -> ProviderError:
     message = _error_message(response)
-    # Documented: 404 "Contact not found". What an unknown assignee gets is an
-    # open question (400 or 404); another readable 404 on assign is taken as that.
-    # An unreadable 404 is mapped by status alone: the path names the contact.
-    if assign and message is not None and _normalize(message) != "contact not found":
+    text = None if message is None else _normalize(message)
+    # Documented: 404 {"code": 404, "message": "Contact not found"}.
+    if text == "contact not found":
+        return ContactNotFound("Aelyst has no contact with this identifier")
+    # What an unknown assignee gets is an open question (400 or 404); a 404 in
+    # Aelyst's shape saying a user is not found is taken as that, on assign only
+    # (unassign sends no user).
+    if assign and text is not None and _USER_NOT_FOUND.fullmatch(text):
         return AssigneeNotFound("Aelyst has no user with this id or email")
-    return ContactNotFound("Aelyst has no contact with this identifier")
+    # Anything else (plain text, another message) is no answer about this
+    # contact or user: most likely a base_url that misses /v1. Not the client's
+    # fault, and never cached as a miss.
+    return UpstreamRejected(
+        "Aelyst answered 404 without its documented not-found error; check the base_url")
 
 
 def _raise_for_status(response: UpstreamResponse, *, assign: bool) -> None:
@@ -125,12 +139,15 @@ def _raise_for_status(response: UpstreamResponse, *, assign: bool) -> None:
 
 
 def _error_message(response: UpstreamResponse) -> str | None:
-    """The ``message`` of Aelyst's ``{code, message}`` body, or None if unreadable."""
+    """The ``message`` of Aelyst's ``{code, message}`` body (``code`` the status), or
+    None when the body has another shape."""
     try:
         body = orjson.loads(response.body)
     except orjson.JSONDecodeError:
         return None
-    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or body.get("code") != response.status:
+        return None
+    message = body.get("message")
     return message if isinstance(message, str) else None
 
 

@@ -207,6 +207,10 @@ def error_response(status: int, retry_after: float | None) -> tuple[Json, dict[s
 def _fault_message(status: int) -> str:
     if status == 401:
         return "Invalid API key"
+    if status == 404:
+        # [DOC] the thread endpoints' not-found text (unassign's; assign's adds
+        # " for <phone> in campaign <id>"). Unknown routes keep their own "Not found".
+        return "Thread not found"
     if status == 429:
         # 429 is not documented for Teli at all: this wording is our invention.
         return "Too many requests"

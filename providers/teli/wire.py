@@ -118,7 +118,7 @@ def read_assign(response: UpstreamResponse) -> Outcome:
 
 def read_unassign(response: UpstreamResponse) -> Outcome:
     # The only documented 404 here is "Thread not found".
-    _raise_for_status(response, lambda _: _thread_not_found())
+    _raise_for_status(response, lambda r: _not_found(r, user=False))
     body = _parse(UnassignResponse, response)
     _require_success(body.success)
     return Outcome(ProviderContactId(body.thread_id))
@@ -147,15 +147,23 @@ def rate_feedback(response: UpstreamResponse) -> float | None:
 
 
 def _assign_not_found(response: UpstreamResponse) -> ProviderError:
-    # Documented 404 texts: "User '<id>' not found" (the assignee) and
-    # "Thread not found for <phone> in campaign <id>" (the contact).
-    if _error_text(response).startswith("User "):
+    return _not_found(response, user=True)
+
+
+def _not_found(response: UpstreamResponse, *, user: bool) -> ProviderError:
+    # Documented 404 texts: "Thread not found for <phone> in campaign <id>" (assign)
+    # or "Thread not found" (unassign), the contact; "User '<id>' not found"
+    # (assign only), the assignee.
+    text = _error_text(response)
+    if text.startswith("Thread not found"):
+        return ContactNotFound("Teli found no thread for this phone in the campaign")
+    if user and text.startswith("User ") and text.endswith(" not found"):
         return AssigneeNotFound("Teli has no user with this id")
-    return _thread_not_found()
-
-
-def _thread_not_found() -> ContactNotFound:
-    return ContactNotFound("Teli found no thread for this phone in the campaign")
+    # Any other 404 (an unknown route answers {"error": "Not found"}) is no answer
+    # about the thread or the user: most likely a wrong base_url. Not the client's
+    # fault, and never cached as a miss.
+    return UpstreamRejected(
+        "Teli answered 404 without a documented not-found error; check the base_url")
 
 
 def _raise_for_status(

@@ -76,6 +76,7 @@ _CONTACTS = TypeAdapter(list[Contact])
 _MEMBERS = TypeAdapter(list[TeamMember])
 _ASSIGN = TypeAdapter(AssignResponse)
 _NON_DIGITS = re.compile(r"\D")
+_ROUTE_MISS = re.compile(r"cannot [a-z]+ /")  # Express: "Cannot GET /path"
 T = TypeVar("T")
 
 
@@ -151,8 +152,9 @@ def rate_feedback(response: UpstreamResponse) -> float | None:
 
 
 def _contacts(response: UpstreamResponse) -> list[Contact]:
-    # Search answers an empty list when nothing matches; a 404 is read the same way.
-    _raise_for_status(response, lambda _: ContactNotFound("Vambe has no contact for this search"))
+    # Search answers an empty list when nothing matches and documents no 404: only
+    # one that says the contact is not found is read as a miss.
+    _raise_for_status(response, _search_not_found)
     return _parse(_CONTACTS, response)
 
 
@@ -173,14 +175,35 @@ def _pick(
     return ProviderContactId(ids[0])
 
 
+def _search_not_found(response: UpstreamResponse) -> ProviderError:
+    if _is_route_miss(response):
+        return _route_miss()
+    return ContactNotFound("Vambe has no contact for this search")
+
+
 def _assign_not_found(response: UpstreamResponse) -> ProviderError:
-    # Undocumented body; a guess from NestJS's default {statusCode, message, error}:
-    # a message naming the team member or agent blames the assignee, anything
-    # else (or no readable message) the contact.
+    # Documented: 404 "Contact or team member not found", no body documented. A guess
+    # from NestJS's default {statusCode, message, error}: a message naming the team
+    # member or agent blames the assignee; anything else the contact, as documented,
+    # except Nest's unknown-route answer ("Cannot POST /api/public/contact/..."),
+    # which is no answer about either.
+    if _is_route_miss(response):
+        return _route_miss()
     text = _error_message(response).lower()
     if "team member" in text or "agent" in text:
         return AssigneeNotFound("Vambe has no team member with this id")
     return ContactNotFound("Vambe has no contact with this id")
+
+
+def _is_route_miss(response: UpstreamResponse) -> bool:
+    return _ROUTE_MISS.match(_error_message(response).lower()) is not None
+
+
+def _route_miss() -> UpstreamRejected:
+    # A 404 about no contact and no team member: most likely a wrong base_url (one
+    # with /api/public already in it). Not the client's fault, never cached as a miss.
+    return UpstreamRejected(
+        "Vambe answered 404 without naming a contact or team member; check the base_url")
 
 
 def _error_message(response: UpstreamResponse) -> str:

@@ -95,6 +95,49 @@ def test_directory_checks() -> None:
                _problems(_minimal(directory={"j@x.com": {"zz": 1}})))
 
 
+def test_directory_unknown_provider_is_refused() -> None:
+    problems = _problems(_minimal(directory={"jane@acme.com": {"nowhere": 17}}))
+    assert problems == ["directory.jane@acme.com.nowhere: not a key of providers"]
+
+
+@pytest.mark.parametrize(("ptype", "value"), [
+    ("aelyst", "jane@other.com"),  # an email where Aelyst needs its integer user id
+    ("aelyst", "007"),
+    ("aelyst", 0),
+    ("vambe", "17"),  # team members are UUIDs
+    ("teli", "user/../admin"),
+])
+def test_directory_value_must_be_the_providers_user_id(ptype: str, value: Any) -> None:
+    raw = _minimal(directory={"jane@acme.com": {"p": value}})
+    raw["providers"]["p"] = {"type": ptype, "api_key": "secret-key"}
+    problems = _problems(raw)
+    assert len(problems) == 1, problems
+    [problem] = problems
+    assert problem.startswith("directory.jane@acme.com.p: ")
+    assert f"not a {ptype} user id" in problem
+    assert str(value) in problem  # a directory value is not a secret: shown to fix it
+    assert "secret-key" not in problem
+
+
+def test_directory_values_of_every_provider_type_validate() -> None:
+    raw = _minimal(directory={"jane@acme.com": {
+        "ae": 17, "te": "1763661807373x532913854895880007",
+        "va": "11111111-1111-4111-8111-000000000001"}})
+    raw["providers"].update(te={"type": "teli", "api_key": "k"},
+                            va={"type": "vambe", "api_key": "k"})
+    cfg = build_config(raw, env={"TOKEN": "t"})
+    assert cfg.directory["jane@acme.com"] == {
+        "ae": "17", "te": "1763661807373x532913854895880007",
+        "va": "11111111-1111-4111-8111-000000000001"}
+
+
+def test_directory_entry_of_a_provider_with_an_unknown_type_reports_the_type_only() -> None:
+    raw = _minimal(directory={"jane@acme.com": {"ae": "x"}})
+    raw["providers"]["ae"]["type"] = "smoke-signals"
+    problems = _problems(raw)
+    assert len(problems) == 1 and problems[0].startswith("providers.ae.type"), problems
+
+
 def test_shipped_files_validate() -> None:
     load_config(ROOT / "config" / "sandbox.yaml")
     env = {k: "x" for k in ("AELYST_TOKEN", "TELI_API_KEY", "VAMBE_API_KEY",

@@ -106,7 +106,12 @@ def test_read_assignee_refuses_undocumented_2xx_bodies(body: str) -> None:
         (aelyst_error(403, "Forbidden"), errors.UpstreamAuthFailed),
         (aelyst_error(404, "Contact not found"), errors.ContactNotFound),
         (aelyst_error(404, "User not found"), errors.AssigneeNotFound),
-        (raw_reply(404, HTML), errors.ContactNotFound),
+        # Not Aelyst's {code, message} not-found answer: a wrong base_url or a proxy's
+        # 404 is no statement about the contact or the assignee.
+        (raw_reply(404, HTML), errors.UpstreamRejected),
+        (raw_reply(404, "404: Not Found"), errors.UpstreamRejected),
+        (json_reply(404, {"message": "Contact not found"}), errors.UpstreamRejected),
+        (aelyst_error(404, "Not Found"), errors.UpstreamRejected),
         (aelyst_error(409, "Conflict"), errors.UpstreamRejected),
         (aelyst_error(429, "Too Many Requests", {"Retry-After": "1"}), errors.UpstreamRateLimited),
         (json_reply(449, QUEUED), errors.UpstreamQueued),
@@ -127,9 +132,14 @@ def test_read_assignee_maps_error_statuses(
         assert leak not in caught.value.detail
 
 
-def test_unassign_404_is_always_the_contact() -> None:
+def test_unassign_404_is_never_the_assignee() -> None:
     with pytest.raises(errors.ContactNotFound):
+        wire.read_assignee(aelyst_error(404, "Contact not found"), None)
+    # Unassign sends no user: a 404 naming one is not an answer about this request.
+    with pytest.raises(errors.UpstreamRejected):
         wire.read_assignee(aelyst_error(404, "User not found"), None)
+    with pytest.raises(errors.UpstreamRejected):
+        wire.read_assignee(raw_reply(404, "404: Not Found"), None)
 
 
 @pytest.mark.parametrize(

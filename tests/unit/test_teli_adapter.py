@@ -123,7 +123,11 @@ def test_read_unassign() -> None:
         (teli_error(404, "User 'user_xyz789' not found"), errors.AssigneeNotFound),
         (teli_error(404, "Thread not found for +15551234567 in campaign camp_abc123"),
          errors.ContactNotFound),
-        (raw_reply(404, HTML), errors.ContactNotFound),
+        # Not one of Teli's documented 404 texts: a wrong base_url (Teli-shaped or not)
+        # says nothing about the thread or the user.
+        (raw_reply(404, HTML), errors.UpstreamRejected),
+        (teli_error(404, "Not found"), errors.UpstreamRejected),
+        (teli_error(404, "Campaign not found"), errors.UpstreamRejected),
         (teli_error(409, "conflict"), errors.UpstreamRejected),
         (teli_error(422, "nope"), errors.UpstreamRejected),
         (raw_reply(429, ""), errors.UpstreamRateLimited),
@@ -145,11 +149,15 @@ def test_read_assign_maps_error_statuses(
         assert leak not in caught.value.detail
 
 
-def test_unassign_404_is_always_the_thread() -> None:
+def test_unassign_404_is_the_thread_only_when_teli_says_so() -> None:
     with pytest.raises(errors.ContactNotFound):
         wire.read_unassign(teli_error(404, "Thread not found"))
-    with pytest.raises(errors.ContactNotFound):
-        wire.read_unassign(teli_error(404, "User 'x' not found"))
+    # The only documented 404 here is "Thread not found"; anything else is no
+    # statement about the thread (and never about a user: none is sent).
+    for response in (teli_error(404, "User 'x' not found"), teli_error(404, "Not found"),
+                     raw_reply(404, HTML)):
+        with pytest.raises(errors.UpstreamRejected):
+            wire.read_unassign(response)
 
 
 @pytest.mark.parametrize(

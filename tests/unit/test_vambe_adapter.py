@@ -163,8 +163,14 @@ def nest(status: int, message: Any) -> UpstreamResponse:
         (nest(404, "Agent does not belong to this organization"), errors.AssigneeNotFound),
         (nest(404, ["teamMemberId: team member not found"]), errors.AssigneeNotFound),
         (nest(404, "Contact not found"), errors.ContactNotFound),
+        # Documented: 404 means the contact or the team member is not found; a body
+        # naming neither is read as the contact, the path's subject.
         (json_reply(404, {"statusCode": 404}), errors.ContactNotFound),
         (raw_reply(404, HTML), errors.ContactNotFound),
+        (nest(404, "Not Found"), errors.ContactNotFound),
+        # Nest's unknown-route answer (a wrong base_url) is about neither.
+        (nest(404, f"Cannot POST /api/public/api/public/contact/{CONTACT}/assign-team-member/"
+                   f"{MEMBER}?removeExistingAgents=true"), errors.UpstreamRejected),
         (nest(409, "conflict"), errors.UpstreamRejected),
         (raw_reply(429, "", {"Retry-After": "12"}), errors.UpstreamRateLimited),
         (nest(500, "Internal server error"), errors.UpstreamServerError),
@@ -274,6 +280,25 @@ async def test_unknown_phone_is_cached_as_not_found() -> None:
         with pytest.raises(errors.ContactNotFound):
             await adapter.assign(upstream, cmd)
     assert len(upstream.requests) == 1
+
+
+async def test_search_404_is_not_a_cached_contact_miss() -> None:
+    # Search documents no 404 at all: the route is missing (a wrong base_url, here
+    # with /api/public twice), which is no answer about the contact.
+    route_miss = nest(404, f"Cannot GET /api/public/api/public/contacts/search?phone={PHONE[1:]}")
+    upstream = FakeUpstream().on("GET", SEARCH, route_miss, route_miss)
+    cmd = assign_cmd(ContactRef("phone", PHONE), AssigneeRef("id", MEMBER))
+    adapter = VambeAdapter("v", "k")
+    for _ in range(2):
+        with pytest.raises(errors.UpstreamRejected) as caught:
+            await adapter.assign(upstream, cmd)
+        assert "Cannot" not in caught.value.detail
+    assert len(upstream.requests) == 2  # searched again: no negative entry
+
+
+def test_search_404_naming_the_contact_is_not_found() -> None:
+    with pytest.raises(errors.ContactNotFound):
+        wire.read_phone_search(nest(404, "Contact not found"), PHONE)
 
 
 async def test_unknown_assignee_email() -> None:
