@@ -34,6 +34,8 @@ class AelystAdapter:
         notes=(
             "Aelyst answers 449 while a contact is queued; the gateway retries for "
             "minutes and may answer 202 with an operation to poll",
+            "Aelyst's answer names no user: an assignee sent by email comes back with "
+            "that email as assignee.provider_id",
         ),
     )
     defaults: ClassVar[ProviderDefaults] = ProviderDefaults(
