@@ -34,6 +34,10 @@ from gateway.errors import (
     NotFound,
     RateLimited,
     StoreUnavailable,
+    UpstreamConnectError,
+    UpstreamQueued,
+    UpstreamRateLimited,
+    UpstreamServerError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -80,13 +84,22 @@ _OP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def attempt_span(pc: ProviderClient) -> float:
-    """The longest one background attempt may take: its lease and lock are longer."""
-    return pc.config.timeout_s * MAX_EXCHANGES + pc.config.rate_limit.max_wait_s
+    """The longest one attempt may take, and the most it is given: its lock and lease
+    are longer. Each exchange may wait its limiter slot out and then its timeout."""
+    return (pc.config.timeout_s + pc.config.rate_limit.max_wait_s) * MAX_EXCHANGES
 
 
-def _hold(pc: ProviderClient, deadline: float, loop: asyncio.AbstractEventLoop) -> float:
-    """How long a synchronous attempt holds its contact lock."""
-    return min(max(deadline - loop.time(), 0.0), attempt_span(pc)) + LOCK_MARGIN_S
+def _attempt_end(pc: ProviderClient, deadline: float, loop: asyncio.AbstractEventLoop) -> float:
+    """When a synchronous attempt that takes its lock now must end: at the request's
+    deadline, and never past the lock (a newer operation may go once it expires)."""
+    return min(deadline, loop.time() + attempt_span(pc))
+
+
+def _hold(end: float, loop: asyncio.AbstractEventLoop) -> float:
+    """How long an attempt that ends by ``end`` holds its contact lock. ``end`` is fixed
+    before the store step that takes the lock, so the round trip comes out of the
+    attempt's time, not out of the margin."""
+    return max(end - loop.time(), 0.0) + LOCK_MARGIN_S
 
 
 class Executor:
@@ -133,22 +146,25 @@ class Executor:
             return await self._queue(rec, now)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + pc.config.retry.deadline_s
+        end = _attempt_end(pc, deadline, loop)
         # Accepting and the first try for the lock are one store step (one Redis round trip).
-        first = await self._guard(self.store.accept_begin(rec, now, _hold(pc, deadline, loop)))
-        return await self._run_sync(pc, rec, deadline, first)
+        first = await self._guard(self.store.accept_begin(rec, now, _hold(end, loop)))
+        return await self._run_sync(pc, rec, deadline, (first, end))
 
     async def _run_sync(self, pc: ProviderClient, rec: OpRecord, deadline: float,
-                        first: Begin | None = None) -> Done | Queued:
+                        first: tuple[Begin, float] | None = None) -> Done | Queued:
         loop = asyncio.get_running_loop()
         last: tuple[GatewayError, bool] | None = None  # the error a retry follows; paced?
         while True:
-            got = await self._acquire(pc, rec, deadline, first)
+            got, end = await self._acquire(pc, rec, deadline, first)
             first = None
             if got != "ok" or deadline - loop.time() < MIN_ATTEMPT_S:
                 # Superseded, or the contact stayed busy: the background resolves it.
                 return await self._queue(rec, self.wall())
             try:
-                outcome = await self._attempt(pc, rec, deadline)
+                # Bounded by the lock it holds, not only by the request's deadline: an
+                # attempt that outlived its lock could land after a newer operation's.
+                outcome = await self._attempt(pc, rec, end)
             except RateLimited as err:
                 if last is None:  # the first attempt: the client is told to slow down
                     await self._fail(rec, err, lease=None)
@@ -183,18 +199,20 @@ class Executor:
                 return await self._succeed(pc, rec, outcome)
 
     async def _acquire(self, pc: ProviderClient, rec: OpRecord, deadline: float,
-                       first: Begin | None = None) -> Begin:
-        """Take the contact lock, waiting while another attempt holds it (up to the deadline).
-        ``first``: the answer of a ``begin`` already made (by ``accept_begin``)."""
+                       first: tuple[Begin, float] | None = None) -> tuple[Begin, float]:
+        """Take the contact lock, waiting while another attempt holds it (up to the deadline);
+        returns the answer and when the attempt must end (see _hold). ``first``: those of
+        a ``begin`` already made (by ``accept_begin``)."""
         loop = asyncio.get_running_loop()
         while True:
             remaining = deadline - loop.time()
             if first is not None:
-                got, first = first, None
+                (got, end), first = first, None
             else:
-                got = await self._guard(self.store.begin(rec, _hold(pc, deadline, loop)))
+                end = _attempt_end(pc, deadline, loop)
+                got = await self._guard(self.store.begin(rec, _hold(end, loop)))
             if got != "busy" or remaining < BUSY_POLL_S + MIN_ATTEMPT_S:
-                return got
+                return got, end
             await asyncio.sleep(BUSY_POLL_S)
 
     async def _sync_retry(self, pc: ProviderClient, rec: OpRecord, err: GatewayError,
@@ -295,25 +313,48 @@ class Executor:
                 await self._fail(rec, GatewayError("the operation failed unexpectedly"), lease)
 
     async def _resume(self, rec: OpRecord, lease: str) -> None:
-        pc = self.app[RUNTIME].providers.get(rec.plan.provider)
         if rec.final:
             await self.queue.save(rec, due=None, lease=lease)
+            return
+        # Pinned as a request is (see lifecycle_middleware): a reload closes a replaced
+        # provider's session only once nothing of its runtime is in flight.
+        rt = self.app[RUNTIME]
+        rt.enter()
+        try:
+            await self._step(rt.providers.get(rec.plan.provider), rec, lease)
+        finally:
+            rt.leave()
+
+    async def _step(self, pc: ProviderClient | None, rec: OpRecord, lease: str) -> None:
+        # Checked before every step, not only after a failed attempt: work the budget
+        # or the limiter keeps sending back would otherwise stay queued indefinitely.
+        if self.wall() >= rec.give_up_at:
+            await self._fail(rec, _gave_up(rec, pc), lease)
             return
         if pc is None:
             err = UpstreamUnavailable("the provider is not configured on this replica")
             await self._retry_later(rec, err, lease, None)
             return
-        got = await self.queue.begin(rec, attempt_span(pc) + LOCK_MARGIN_S)
+        # Fixed before the store steps below, so that their round trips come out of the
+        # attempt's time, not out of the lock's margin.
+        span = attempt_span(pc)
+        end = asyncio.get_running_loop().time() + span
+        got = await self.queue.begin(rec, span + LOCK_MARGIN_S)
         if got == "superseded":
             rec.status = "superseded"
             await self._final(rec, lease, unlock=False)
         elif got == "busy":
             await self.queue.save(rec, due=self.wall() + BUSY_RETRY_S, lease=lease)
         elif await self._budget_allows(pc, rec):
-            await self._background_attempt(pc, rec, lease)
+            await self._background_attempt(pc, rec, lease, end)
         else:
-            await self.queue.save(rec, due=self.wall() + pc.config.retry.backoff_max_s,
+            await self.queue.save(rec, due=self._due(rec, pc.config.retry.backoff_max_s),
                                   lease=lease)
+
+    def _due(self, rec: OpRecord, wait_s: float) -> float:
+        """When work sent back without an attempt comes again: no later than its give-up
+        time, when the next step fails it."""
+        return min(self.wall() + wait_s, rec.give_up_at)
 
     async def _budget_allows(self, pc: ProviderClient, rec: OpRecord) -> bool:
         """A retry after a failure (not a 449, not a first attempt) needs the budget."""
@@ -321,14 +362,20 @@ class Executor:
             return True
         return await self.budget.allow(pc.name)
 
-    async def _background_attempt(self, pc: ProviderClient, rec: OpRecord, lease: str) -> None:
-        deadline = asyncio.get_running_loop().time() + attempt_span(pc)
+    async def _background_attempt(self, pc: ProviderClient, rec: OpRecord, lease: str,
+                                  end: float) -> None:
         try:
-            outcome = await self._attempt(pc, rec, deadline)
+            outcome = await self._attempt(pc, rec, end)
         except RateLimited as err:  # the gateway's own limiter: not the provider's answer
-            await self.queue.save(rec, due=self.wall() + (err.retry_after or 1.0), lease=lease)
+            await self.queue.save(rec, due=self._due(rec, err.retry_after or 1.0), lease=lease)
         except GatewayError as err:
             await self._retry_later(rec, err, lease, pc)
+        except Exception:
+            # Not a store failure, though REDIS_ERRORS would match it (an adapter or a
+            # closed session raises RuntimeError and OSError too): resume would let the
+            # lease expire and run it again, and again.
+            log.exception("operation %s: the attempt failed unexpectedly", rec.id)
+            await self._fail(rec, GatewayError("the operation failed unexpectedly"), lease)
         else:
             await self._succeed(pc, rec, outcome, lease)
 
@@ -345,6 +392,24 @@ class Executor:
         rec.reason, rec.status, rec.updated_at = retry.reason, "queued", now
         unlock = not isinstance(err, UpstreamTimeout)
         await self.queue.save(rec, due=now + retry.wait_s, lease=lease, unlock=unlock)
+
+
+#: What a queued operation's last attempt failed with, by the retry reason the record
+#: keeps (it keeps no error until it is final).
+_LAST_ERROR: dict[str, type[UpstreamUnavailable]] = {
+    "5xx": UpstreamServerError, "429": UpstreamRateLimited, "449": UpstreamQueued,
+    "connect": UpstreamConnectError, "timeout": UpstreamTimeout,
+}
+
+
+def _gave_up(rec: OpRecord, pc: ProviderClient | None) -> UpstreamUnavailable:
+    """The error a queued operation fails with at its give-up time."""
+    after = f"gave up after {rec.give_up_at - rec.created_at:g} s"
+    kind = _LAST_ERROR.get(rec.reason or "")
+    err = (UpstreamUnavailable(f"{after}: no attempt could be made") if kind is None
+           else kind(f"{after}; the last attempt failed ({rec.reason})"))
+    err.provider = None if pc is None else pc.config.type
+    return err
 
 
 def _any_provider(app: web.Application) -> ProviderClient:

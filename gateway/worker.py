@@ -54,7 +54,13 @@ class Worker:
     async def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
-            await self._tick()
+            try:
+                await self._tick()
+            except Exception as err:
+                # A bug, or a record that does not load, must not end this replica's
+                # background work for good: the next poll tries again.
+                log.exception("operations: a worker poll failed (%s); the worker goes on",
+                              type(err).__name__)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_s):
                     await self._wake.wait()
