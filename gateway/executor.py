@@ -248,11 +248,14 @@ class Executor:
             if call.exchanges == 0:  # refused by the gateway's limiter before any exchange
                 rec.attempts -= 1
             raise
+        except UpstreamTimeout:
+            rec.timed_out = True  # for good: a later outcome must not release the lock
+            raise
 
     async def _queue(self, rec: OpRecord, due: float) -> Queued:
         rec.status, rec.updated_at = "queued", self.wall()
         # After a timeout the lock is left to expire (see _fail).
-        await self._guard(self.store.save(rec, due=due, unlock=rec.reason != "timeout"))
+        await self._guard(self.store.save(rec, due=due, unlock=_unlocks(rec)))
         self._count("queued")
         if due <= rec.updated_at:
             self.worker.wake()  # due now: no need to wait for the next poll
@@ -262,14 +265,14 @@ class Executor:
                        lease: str | None = None) -> Done:
         done = result(rec.plan, pc.config.type, outcome, rec.id, rec.attempts)
         rec.status, rec.result = "succeeded", done.body
-        await self._final(rec, lease, unlock=True)
+        await self._final(rec, lease, unlock=_unlocks(rec))
         return done
 
     async def _fail(self, rec: OpRecord, err: GatewayError, lease: str | None) -> None:
         rec.status, rec.error = "failed", problem_of(err)
         # After a timeout the provider may still apply the request: the lock is
         # left to expire so that it lands before any newer operation's.
-        await self._final(rec, lease, unlock=not isinstance(err, UpstreamTimeout))
+        await self._final(rec, lease, unlock=_unlocks(rec, err))
 
     async def _final(self, rec: OpRecord, lease: str | None, *, unlock: bool) -> None:
         rec.updated_at = self.wall()
@@ -344,12 +347,13 @@ class Executor:
             rec.status = "superseded"
             await self._final(rec, lease, unlock=False)
         elif got == "busy":
-            await self.queue.save(rec, due=self.wall() + BUSY_RETRY_S, lease=lease)
+            await self.queue.save(rec, due=self.wall() + BUSY_RETRY_S, lease=lease,
+                                  unlock=_unlocks(rec))
         elif await self._budget_allows(pc, rec):
             await self._background_attempt(pc, rec, lease, end)
         else:
             await self.queue.save(rec, due=self._due(rec, pc.config.retry.backoff_max_s),
-                                  lease=lease)
+                                  lease=lease, unlock=_unlocks(rec))
 
     def _due(self, rec: OpRecord, wait_s: float) -> float:
         """When work sent back without an attempt comes again: no later than its give-up
@@ -367,7 +371,8 @@ class Executor:
         try:
             outcome = await self._attempt(pc, rec, end)
         except RateLimited as err:  # the gateway's own limiter: not the provider's answer
-            await self.queue.save(rec, due=self._due(rec, err.retry_after or 1.0), lease=lease)
+            await self.queue.save(rec, due=self._due(rec, err.retry_after or 1.0), lease=lease,
+                                  unlock=_unlocks(rec))
         except GatewayError as err:
             await self._retry_later(rec, err, lease, pc)
         except Exception:
@@ -390,8 +395,8 @@ class Executor:
         if pc is not None:
             self.app[METRICS].retry(pc.name, retry.reason)
         rec.reason, rec.status, rec.updated_at = retry.reason, "queued", now
-        unlock = not isinstance(err, UpstreamTimeout)
-        await self.queue.save(rec, due=now + retry.wait_s, lease=lease, unlock=unlock)
+        await self.queue.save(rec, due=now + retry.wait_s, lease=lease,
+                              unlock=_unlocks(rec, err))
 
 
 #: What a queued operation's last attempt failed with, by the retry reason the record
@@ -410,6 +415,13 @@ def _gave_up(rec: OpRecord, pc: ProviderClient | None) -> UpstreamUnavailable:
            else kind(f"{after}; the last attempt failed ({rec.reason})"))
     err.provider = None if pc is None else pc.config.type
     return err
+
+
+def _unlocks(rec: OpRecord, err: GatewayError | None = None) -> bool:
+    """Whether a save releases the operation's hold on its contact lock: not once any
+    attempt of it timed out (the provider may still apply that one; the hold expires
+    on its own), so no newer operation's write can land before it."""
+    return not (rec.timed_out or isinstance(err, UpstreamTimeout))
 
 
 def _any_provider(app: web.Application) -> ProviderClient:

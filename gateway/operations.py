@@ -114,6 +114,9 @@ class OpRecord:
     failures: int = 0
     queued_wait_s: float | None = None
     reason: str | None = None  # why the last attempt is being retried
+    # An attempt timed out: the provider may still apply it, so every later save leaves
+    # the contact lock to expire instead of releasing it (see Executor._fail).
+    timed_out: bool = False
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     # The ordering keys, derived from the plan: computed once, on first use, and
@@ -149,7 +152,8 @@ class OpRecord:
             "give_up_at": self.give_up_at, "status": self.status,
             "updated_at": self.updated_at, "attempts": self.attempts,
             "failures": self.failures, "queued_wait_s": self.queued_wait_s,
-            "reason": self.reason, "result": self.result, "error": self.error,
+            "reason": self.reason, "timed_out": self.timed_out, "result": self.result,
+            "error": self.error,
             "plan": plan_to_dict(self.plan)})
 
     @classmethod

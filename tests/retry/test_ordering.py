@@ -101,3 +101,24 @@ async def test_identical_requests_share_the_contact(
     answers = await asyncio.gather(*(post(gw, "assign", assign_body("teli")) for _ in range(10)))
     assert {(s, b["status"]) for s, b, _ in answers} == {(200, "assigned")}
     assert len({b["operation_id"] for _, b, _ in answers}) == 10
+
+
+async def test_a_timed_out_attempt_keeps_the_lock_whatever_the_operation_does_next(
+        aiohttp_client: Any, sandboxes_up: dict[str, Sandbox], redis_url: str | None) -> None:
+    """A's first attempt times out while the provider still works on it (1 s); its second
+    is refused (400) and A fails. The lock A's timed-out request holds must outlive that
+    failure: a newer B must not reach the provider while A's first request may still be
+    applied (the provider's own clock in its journal says when each arrived)."""
+    raw = retry_config(sandboxes_up, redis_url=redis_url, timeout_s=0.3, deadline_s=3)
+    gw = await gateway(aiohttp_client, raw)
+    aelyst = sandboxes_up["aelyst"]
+    await aelyst.fault(kind="delay", delay_s=1.0, count=1)  # still in the works at 0.3 s
+    await aelyst.fault(status=400, count=1)  # A's second attempt: a final refusal
+    status_a, a, _ = await post(gw, "assign", _assign("17"))
+    assert (status_a, a["code"]) == (502, "upstream_rejected"), a  # the provider's 400
+    status_b, b, _ = await post(gw, "assign", _assign("18"))
+    if status_b == 202:  # the lock outlived B's deadline: B runs in the background
+        b = await wait_final(gw, b["operation_id"])
+    assert b["status"] in ("assigned", "succeeded"), b
+    first_a, _, b_write = writes(await aelyst.journal(), AELYST_WRITE)
+    assert b_write["at"] >= first_a["at"] + 1.0
