@@ -190,7 +190,17 @@ class RedisStore:
         args: list[str | int] = [repr(now), limit, _ms(lease_s), token,
                                  redis_keys.operation_lease(""), redis_keys.operation("")]
         raws = await self._claim(keys=[redis_keys.operations_due()], args=args)
-        return [OpRecord.loads(raw) for raw in raws]
+        out = []
+        for raw in raws:
+            try:
+                out.append(OpRecord.loads(raw))
+            except (ValueError, TypeError, KeyError) as e:
+                # A record this version cannot read (another version's, in a rolling
+                # deploy): the others of the batch still run. It stays leased, and comes
+                # back when its lease runs out, for a replica that can read it.
+                log.warning("operations: a queued record could not be read (%s); "
+                            "it is left for its lease to run out", type(e).__name__)
+        return out
 
     async def _get(self, op_id: str) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway import redis_keys
 from gateway.models import ContactOut
 from gateway.operations import MemoryStore, OperationStore, OpRecord
 from gateway.opstore_redis import DegradingStore, RedisStore
@@ -141,5 +142,21 @@ async def test_a_final_record_redis_refused_waits_and_is_written_when_redis_retu
         other = _rec("op_next", assignee=None)
         await store.accept(other, time.time())
         assert await store.begin(other, 5.0) == "ok"
+    finally:
+        await redis.aclose()
+
+
+async def test_a_record_this_version_cannot_read_does_not_hold_up_the_others(
+        redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url)
+    try:
+        store = RedisStore(redis)
+        now = time.time()
+        await store.save(_rec("op_good"), due=now - 1)
+        await store.save(_rec("op_odd"), due=now - 1)
+        # As another version might write it: a field this one does not know.
+        await redis.set(redis_keys.operation("op_odd"), b'{"id": "op_odd", "colour": "blue"}')
+        claimed = await store.claim(time.time(), 10, LEASE_S, "token")
+        assert [r.id for r in claimed] == ["op_good"]
     finally:
         await redis.aclose()
