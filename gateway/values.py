@@ -3,7 +3,7 @@
 A frozen dataclass assigns each field in ``__init__`` through
 ``object.__setattr__``, a call per field; the gateway builds a dozen such objects
 per request (the plan, its command and references, each upstream request and
-response, each bucket decision), and that alone was 4.7% of the instructions a
+response, each bucket decision), and that alone was 4.5% of the instructions a
 request costs (``python -m bench.instructions --ref``: 1,222,636 -> 1,167,323
 instructions per request).
 
