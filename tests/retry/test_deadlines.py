@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from tests.conftest import OTHER_CLIENT_KEY, Sandbox, auth
 from tests.contract.cases import CASES
 from tests.retry.helpers import (
-    BACKENDS,
     GW,
     assign_body,
     gateway,
@@ -23,15 +20,6 @@ from tests.retry.helpers import (
 )
 
 AELYST_WRITE = CASES["aelyst"].assign_path
-
-
-@pytest.fixture(params=BACKENDS)
-def redis_url(request: pytest.FixtureRequest) -> str | None:
-    """None (in-process) or a real redis-server's URL: every suite runs on both."""
-    if request.param == "memory":
-        return None
-    server = request.getfixturevalue("redis_server")
-    return str(server.url)
 
 
 def _hang_contacts() -> list[tuple[str, dict[str, Any]]]:

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from tests.conftest import Sandbox
 from tests.contract.cases import CASES
 from tests.retry.helpers import (
-    BACKENDS,
     assign_body,
     gateway,
     post,
@@ -21,13 +18,6 @@ from tests.retry.helpers import (
 
 TELI = CASES["teli"]
 ASYNC = {"Prefer": "respond-async"}
-
-
-@pytest.fixture(params=BACKENDS)
-def redis_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "memory":
-        return None
-    return str(request.getfixturevalue("redis_server").url)
 
 
 async def test_a_retry_the_budget_refuses_fails_at_the_give_up_time(

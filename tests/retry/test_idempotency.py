@@ -6,12 +6,9 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-import pytest
-
 from tests.conftest import OTHER_CLIENT_KEY, Sandbox, auth
 from tests.contract.cases import CASES
 from tests.retry.helpers import (
-    BACKENDS,
     GW,
     assign_body,
     gateway,
@@ -19,13 +16,6 @@ from tests.retry.helpers import (
     retry_config,
     writes,
 )
-
-
-@pytest.fixture(params=BACKENDS)
-def redis_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "memory":
-        return None
-    return str(request.getfixturevalue("redis_server").url)
 
 
 def _key(k: str) -> dict[str, str]:

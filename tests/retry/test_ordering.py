@@ -6,12 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from tests.conftest import Sandbox
 from tests.contract.cases import CASES
 from tests.retry.helpers import (
-    BACKENDS,
     assign_body,
     gateway,
     post,
@@ -22,13 +19,6 @@ from tests.retry.helpers import (
 )
 
 AELYST_WRITE = CASES["aelyst"].assign_path
-
-
-@pytest.fixture(params=BACKENDS)
-def redis_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "memory":
-        return None
-    return str(request.getfixturevalue("redis_server").url)
 
 
 def _assign(assignee: str) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from gateway.runtime import RUNTIME
 from tests.conftest import Sandbox
 from tests.contract.cases import CASES
 from tests.retry.helpers import (
-    BACKENDS,
     GW,
     assign_body,
     gateway,
@@ -34,13 +33,6 @@ from tests.retry.helpers import (
 TELI = CASES["teli"]
 OTHER = {"tenant": TELI.tenant, "contact": {"phone": "+15557654321"},
          "assignee": {"id": TELI.assignee_id}}
-
-
-@pytest.fixture(params=BACKENDS)
-def redis_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "memory":
-        return None
-    return str(request.getfixturevalue("redis_server").url)
 
 
 def _config(sbx: dict[str, Sandbox], redis_url: str | None,

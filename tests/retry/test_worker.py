@@ -10,14 +10,7 @@ import pytest
 from gateway.executor import EXECUTOR
 from gateway.operations import OperationStore, OpRecord
 from tests.conftest import Sandbox
-from tests.retry.helpers import BACKENDS, assign_body, gateway, post, retry_config, wait_final
-
-
-@pytest.fixture(params=BACKENDS)
-def redis_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "memory":
-        return None
-    return str(request.getfixturevalue("redis_server").url)
+from tests.retry.helpers import assign_body, gateway, post, retry_config, wait_final
 
 
 class ClaimFailsOnce:
