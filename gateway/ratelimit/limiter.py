@@ -42,6 +42,8 @@ EXCHANGE_RESERVE_S = 0.1
 #: A provider's "come back in" beyond this is taken as this: a bad header must not
 #: stop a provider for hours.
 MAX_PAUSE_S = 600.0
+#: Slots one exchange may take: a pause that comes while it sleeps costs it its slot.
+MAX_RESERVES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,9 @@ class Limiter:
         # reload (new objects) rebuilds it and a reused id() cannot return a stale one.
         self._provider_scopes: dict[tuple[object, ...], tuple[object, object, Scope]] = {}
         self._client_scopes: dict[int, tuple[ClientSpec, object, Scope | None]] = {}
+        # Bucket key -> until when (this clock) its provider asked for no request, as
+        # learned here: a request asleep on a slot granted before checks it on waking.
+        self._paused: dict[str, float] = {}
 
     def provider_scope(self, client: ProviderClient, request: UpstreamRequest) -> Scope:
         spec = client.config.rate_limit
@@ -137,23 +142,40 @@ class Limiter:
     async def before(self, client: ProviderClient, request: UpstreamRequest,
                      deadline: float) -> None:
         scope = self.provider_scope(client, request)
-        left = deadline - self._clock() - EXCHANGE_RESERVE_S
-        decision = await self.backend.reserve(scope.key, scope.bucket,
-                                              max(0.0, min(scope.max_wait_s, left)))
-        self._note(scope, decision)
-        if not decision.allowed:
-            self._refuse(scope, decision, "the provider's rate limit has no slot for "
-                         "this request within its wait budget", client.config.type)
-        self.metrics.child(self.metrics.ratelimit_wait, client.name).observe(decision.wait_s)
-        if decision.wait_s > 0:
+        for _ in range(MAX_RESERVES):
+            left = deadline - self._clock() - EXCHANGE_RESERVE_S
+            decision = await self.backend.reserve(scope.key, scope.bucket,
+                                                  max(0.0, min(scope.max_wait_s, left)))
+            self._note(scope, decision)
+            if not decision.allowed:
+                self._refuse(scope, decision, "the provider's rate limit has no slot for "
+                             "this request within its wait budget", client.config.type)
+            self.metrics.child(self.metrics.ratelimit_wait, client.name).observe(
+                decision.wait_s)
+            if decision.wait_s <= 0:
+                return
             await self._sleep(decision.wait_s)
+            # The provider may have asked for a pause while this request slept: its
+            # slot was granted before the pause moved the bucket, so it takes a new one.
+            if self._paused.get(scope.key, 0.0) <= self._clock():
+                return
+        raise RateLimited("the provider kept pausing this request's rate limit",
+                          provider=client.config.type, retry_after=1.0)
 
     async def after(self, client: ProviderClient, request: UpstreamRequest,
                     response: UpstreamResponse) -> None:
         seconds = client.adapter.rate_feedback(response)
         if seconds is not None and seconds > 0:
             scope = self.provider_scope(client, request)
-            await self.backend.pause(scope.key, scope.bucket, min(seconds, MAX_PAUSE_S))
+            seconds = min(seconds, MAX_PAUSE_S)
+            if len(self._paused) >= SCOPE_CACHE:
+                now = self._clock()  # kept bounded: past pauses go first
+                self._paused = {k: v for k, v in self._paused.items() if v > now}
+                if len(self._paused) >= SCOPE_CACHE:
+                    self._paused.clear()
+            self._paused[scope.key] = max(self._paused.get(scope.key, 0.0),
+                                          self._clock() + seconds)
+            await self.backend.pause(scope.key, scope.bucket, seconds)
 
     def _refuse(self, scope: Scope, decision: Decision, detail: str,
                 provider: str | None = None) -> NoReturn:
