@@ -400,10 +400,10 @@ class Executor:
 
 
 #: What a queued operation's last attempt failed with, by the retry reason the record
-#: keeps (it keeps no error until it is final).
+#: keeps (it keeps no error until it is final): each class declares its own reason.
 _LAST_ERROR: dict[str, type[UpstreamUnavailable]] = {
-    "5xx": UpstreamServerError, "429": UpstreamRateLimited, "449": UpstreamQueued,
-    "connect": UpstreamConnectError, "timeout": UpstreamTimeout,
+    cls.reason: cls for cls in (UpstreamServerError, UpstreamRateLimited, UpstreamQueued,
+                                UpstreamConnectError, UpstreamTimeout) if cls.reason
 }
 
 
