@@ -14,8 +14,9 @@ in :mod:`gateway.opstore_redis`) does four things, each atomically:
   no newer operation asks for something else (else: superseded). The lock is
   held through the attempt, so attempts with different intents on one contact
   never overlap and an older operation can never be applied after a newer one.
-  Operations with the same *intent* (the same command) share the lock and do
-  not supersede each other: in any order they leave the contact as the newest
+  Operations with the same *intent* (the same command; every ``mode: add`` on a
+  contact is one intent, since adds commute) share the lock and do not
+  supersede each other: in any order they leave the contact as the newest
   asks, so a burst of identical requests is not serialized;
 - **claim**: a worker leases due operations (the due time moves past the
   lease); a lease that is never finished (a replica killed mid-attempt)
@@ -69,13 +70,22 @@ def contact_key(tenant: str, contact: ContactRef) -> str:
 
 def intent_of(p: Plan) -> str:
     """What an operation asks of its contact (not who asked or which provider does it):
-    a digest of every field of its command, the same on every replica."""
+    a digest of every field of its command, the same on every replica.
+
+    Adds (``mode: add``) commute: adding A then B leaves the contact as adding B then
+    A does. So every add on one contact has one intent, whoever it adds (and whoever
+    asks): adds share the contact and never supersede each other, while a replace or
+    an unassign still orders against them and supersedes queued ones."""
     c = p.command
     t, contact = c.tenant, c.contact
     parts = [p.operation, t.name, t.default_region, t.campaign_id, t.organization_id,
-             contact.kind, contact.value, c.campaign_id, c.assigned_by]
-    if isinstance(c, AssignCommand):
-        parts += [c.assignee.kind, c.assignee.value, c.mode]
+             contact.kind, contact.value, c.campaign_id]
+    if isinstance(c, AssignCommand) and c.mode == "add":
+        parts.append(c.mode)  # no other assign's list has this length: no collision
+    else:  # the digest an older version wrote: records in Redis keep their intent
+        parts.append(c.assigned_by)
+        if isinstance(c, AssignCommand):
+            parts += [c.assignee.kind, c.assignee.value, c.mode]
     return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:16]  # a JSON list: unambiguous
 
 

@@ -64,6 +64,27 @@ async def test_a_newer_operation_supersedes_a_queued_older_one(
     assert sample(gw, "gateway_operations_total", status="superseded") == 1
 
 
+async def test_adds_commute_a_newer_add_does_not_supersede_a_queued_older_one(
+        aiohttp_client: Any, sandboxes_up: dict[str, Sandbox], redis_url: str | None) -> None:
+    """Vambe keeps several agents per contact. A's add is queued (a 429 asking for 1 s,
+    past the 0.3 s deadline); B's add of another agent arrives meanwhile. Both agents
+    must end up on the contact: an add does not undo another."""
+    raw = retry_config(sandboxes_up, redis_url=redis_url, deadline_s=0.3)
+    gw = await gateway(aiohttp_client, raw)
+    vambe, case = sandboxes_up["vambe"], CASES["vambe"]
+    await vambe.fault(status=429, retry_after=1.0, count=1)  # A's first attempt only
+    status_a, a, _ = await post(gw, "assign", assign_body("vambe", mode="add"))
+    assert (status_a, a["status"]) == (202, "queued"), a
+    body_b = assign_body("vambe", mode="add", assignee={"id": case.other_assignee_id})
+    status_b, b, _ = await post(gw, "assign", body_b, {"Prefer": "respond-async"})
+    assert status_b == 202, b
+    final_a = await wait_final(gw, a["operation_id"])
+    final_b = await wait_final(gw, b["operation_id"])
+    assert (final_a["status"], final_b["status"]) == ("succeeded", "succeeded"), (final_a,
+                                                                                  final_b)
+    assert {case.assignee_id, case.other_assignee_id} <= case.assigned(await vambe.state())
+
+
 async def test_a_newer_operation_waits_for_an_older_attempt_in_flight(
         aiohttp_client: Any, sandboxes_up: dict[str, Sandbox], redis_url: str | None) -> None:
     raw = retry_config(sandboxes_up, redis_url=redis_url, timeout_s=2, deadline_s=3)

@@ -92,6 +92,34 @@ async def test_a_newer_intent_supersedes_and_the_same_intent_shares(
     assert await store.begin(other_contact, 5) == "ok"
 
 
+def _add(op_id: str, assignee: str, assigned_by: str | None = None) -> OpRecord:
+    rec = _rec(op_id, assignee)
+    cmd = rec.plan.command
+    assert isinstance(cmd, AssignCommand)
+    add = AssignCommand(cmd.tenant, cmd.contact, cmd.assignee, "add", None, assigned_by)
+    rec.plan = Plan(rec.plan.operation, rec.plan.client, rec.plan.tenant, rec.plan.provider,
+                    add, rec.plan.contact)
+    return rec
+
+
+async def test_adds_commute_so_they_share_the_contact_and_never_supersede(
+        store: OperationStore) -> None:
+    now = time.time()
+    a, b = _add("op_a", "17"), _add("op_b", "18", assigned_by="someone")
+    assert a.intent == b.intent
+    await store.accept(a, now)
+    await store.save(a, due=now + 3600)
+    await store.accept(b, now)  # a newer add: the older one stays queued, not made due
+    assert await store.claim(now, 10, LEASE_S, "w") == []
+    assert await store.begin(b, 5) == "ok"
+    assert await store.begin(a, 5) == "ok"  # not superseded, and runs beside b
+    replace = _rec("op_r", "19")
+    await store.accept(replace, now)
+    assert await store.begin(replace, 5) == "busy"  # a replace still waits for the adds
+    assert await store.begin(a, 5) == "superseded"  # and supersedes them
+    assert await store.begin(b, 5) == "superseded"
+
+
 async def test_accepting_a_newer_intent_makes_the_older_due_now(store: OperationStore) -> None:
     now = time.time()
     old = _rec("op_old")
