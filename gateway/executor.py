@@ -167,7 +167,11 @@ class Executor:
                 outcome = await self._attempt(pc, rec, end)
             except RateLimited as err:
                 if last is None:  # the first attempt: the client is told to slow down
-                    await self._fail(rec, err, lease=None)
+                    # Refused before its first exchange (attempts went back to 0), it
+                    # asked nothing of the provider: it withdraws, so a queued older
+                    # operation it replaced is not superseded by a request that
+                    # never happened.
+                    await self._fail(rec, err, lease=None, withdraw=rec.attempts == 0)
                     raise
                 # The gateway's own limiter has no slot for this retry within the
                 # deadline. A retry the provider paced (449, Retry-After) goes to the
@@ -268,24 +272,27 @@ class Executor:
         await self._final(rec, lease, unlock=_unlocks(rec))
         return done
 
-    async def _fail(self, rec: OpRecord, err: GatewayError, lease: str | None) -> None:
+    async def _fail(self, rec: OpRecord, err: GatewayError, lease: str | None,
+                    withdraw: bool = False) -> None:
         rec.status, rec.error = "failed", problem_of(err)
         # After a timeout the provider may still apply the request: the lock is
         # left to expire so that it lands before any newer operation's.
-        await self._final(rec, lease, unlock=_unlocks(rec, err))
+        await self._final(rec, lease, unlock=_unlocks(rec, err), withdraw=withdraw)
 
-    async def _final(self, rec: OpRecord, lease: str | None, *, unlock: bool) -> None:
+    async def _final(self, rec: OpRecord, lease: str | None, *, unlock: bool,
+                     withdraw: bool = False) -> None:
         rec.updated_at = self.wall()
         try:
             store = self.store if lease is None else self.queue
-            saved = await store.save(rec, due=None, lease=lease, unlock=unlock)
+            saved = await store.save(rec, due=None, lease=lease, unlock=unlock,
+                                     withdraw=withdraw)
         except REDIS_ERRORS:
             # The outcome stands (the provider has acted) and the client is about to
             # learn it; the record must not be lost with Redis. A request's record waits
             # in this replica until Redis answers (the worker flushes it). A background
             # step's lease expires instead and the operation runs again (at least once).
             if lease is None and isinstance(self.store, DegradingStore):
-                self.store.keep(rec, unlock=unlock)
+                self.store.keep(rec, unlock=unlock, withdraw=withdraw)
                 log.warning("operation %s: Redis unreachable; its %s record waits here",
                             rec.id, rec.status)
                 self._count(rec.status)

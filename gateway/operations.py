@@ -8,8 +8,10 @@ replica can run it from the record alone.
 The store (:class:`OperationStore`: :class:`MemoryStore` here, ``RedisStore``
 in :mod:`gateway.opstore_redis`) does four things, each atomically:
 
-- **accept**: the operation becomes the newest for its (tenant, contact); the
-  one it replaces, if queued, is made due at once so it resolves as superseded;
+- **accept**: the operation becomes the newest for its (tenant, contact); at
+  its first save the one it replaces, if queued, is made due at once so it
+  resolves as superseded, unless the save *withdraws* it (refused before it
+  sent anything: the replaced one is the newest again);
 - **begin**: before every attempt, the per-contact lock is taken, and only if
   no newer operation asks for something else (else: superseded). The lock is
   held through the attempt, so attempts with different intents on one contact
@@ -127,6 +129,11 @@ class OpRecord:
     # An attempt timed out: the provider may still apply it, so every later save leaves
     # the contact lock to expire instead of releasing it (see Executor._fail).
     timed_out: bool = False
+    # Set by accept (this process only, never stored): the contact's newest operation
+    # before this one, as (id, intent). This operation's first save makes it due now
+    # (when queued with another intent, so it resolves as superseded), or, with
+    # ``withdraw``, makes it the newest again; then it is cleared.
+    replaced: tuple[str, str] | None = field(default=None, repr=False, compare=False)
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     # The ordering keys, derived from the plan: computed once, on first use, and
@@ -200,7 +207,7 @@ class OperationStore(Protocol):
     durable: bool
 
     async def accept(self, rec: OpRecord, now: float) -> None:
-        """Make ``rec`` its contact's newest operation; make the one it replaces due now."""
+        """Make ``rec`` its contact's newest operation; note the one it replaces."""
         ...
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
@@ -213,9 +220,13 @@ class OperationStore(Protocol):
         ...
 
     async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
-                   unlock: bool = True) -> bool:
+                   unlock: bool = True, withdraw: bool = False) -> bool:
         """Write ``rec``; due: queue it for then (None: off the queue). ``lease``: only if
         still held, then released. ``unlock``: release the contact lock if ``rec`` holds it.
+        The first save after ``accept`` makes the operation ``rec`` replaced due now if it
+        is queued with another intent (it resolves as superseded); with ``withdraw``
+        (``rec`` asked nothing of the provider after all: refused before its first
+        exchange) it makes that one the newest again instead, if ``rec`` still is.
         Returns False (writing nothing) when the lease was lost."""
         ...
 
@@ -328,8 +339,18 @@ class MemoryStore:
     async def accept(self, rec: OpRecord, now: float) -> None:
         prev = self.latest.get(rec.contact)
         self.latest[rec.contact] = (rec.id, rec.intent)
-        if prev is not None and prev[1] != rec.intent and prev[0] in self.due:
-            self._schedule(prev[0], now)
+        rec.replaced = prev
+
+    def _replaced(self, rec: OpRecord, withdraw: bool) -> None:
+        prev, rec.replaced = rec.replaced, None
+        if withdraw:
+            if self.latest.get(rec.contact) == (rec.id, rec.intent):
+                if prev is None:
+                    self.latest.pop(rec.contact)
+                else:  # a newer operation since would stand
+                    self.latest[rec.contact] = prev
+        elif prev is not None and prev[1] != rec.intent and prev[0] in self.due:
+            self._schedule(prev[0], rec.updated_at)
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
         latest = self.latest.get(rec.contact)
@@ -353,9 +374,11 @@ class MemoryStore:
             del self.locks[rec.contact]
 
     async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
-                   unlock: bool = True) -> bool:
+                   unlock: bool = True, withdraw: bool = False) -> bool:
         if lease is not None and self._lease(rec.id) != lease:
             return False
+        if withdraw or rec.replaced is not None:
+            self._replaced(rec, withdraw)
         stored = rec.copy()
         if rec.final:
             self.live.pop(rec.id, None)

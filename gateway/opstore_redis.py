@@ -49,17 +49,14 @@ async def once_more(call: Callable[[], Awaitable[T]]) -> T:
 # "<intent>|<op id>" holders scored by expiry (Redis's own clock, the same for
 # every replica): holders must share one intent.
 
-# Make this operation its contact's newest; a replaced one with another intent, if
-# queued, is made due now. KEYS: latest, due. ARGV: id, now, latest ttl ms, intent.
+# Make this operation its contact's newest; leaves ``replaced``, the pointer it
+# replaced ('' for none): the first save makes that one due now or, withdrawing,
+# puts it back (see _SAVE). KEYS: latest. ARGV: id, latest ttl ms, intent.
 _SET_LATEST = """
-local mine = ARGV[4] .. '|'
-local prev = redis.call('GET', KEYS[1])
-local ttl = math.max(tonumber(ARGV[3]), redis.call('PTTL', KEYS[1]))
+local mine = ARGV[3] .. '|'
+local replaced = redis.call('GET', KEYS[1]) or ''
+local ttl = math.max(tonumber(ARGV[2]), redis.call('PTTL', KEYS[1]))
 redis.call('SET', KEYS[1], mine .. ARGV[1], 'PX', ttl)
-if prev and string.sub(prev, 1, #mine) ~= mine then
-  local sep = string.find(prev, '|', 1, true)
-  redis.call('ZADD', KEYS[2], 'XX', ARGV[2], string.sub(prev, sep + 1))
-end
 """
 
 
@@ -81,7 +78,7 @@ return 'ok'
 """
 
 
-_ACCEPT = _SET_LATEST + "return 1\n"
+_ACCEPT = _SET_LATEST + "return replaced\n"
 
 # KEYS: latest, lock. ARGV: intent, id, hold ms.
 _BEGIN = """
@@ -95,11 +92,25 @@ end
 # accept, then begin, in one round trip (a request's synchronous first attempt):
 # right after the accept this operation is its contact's newest, so begin's
 # superseded check cannot fire; only the lock is left to take.
-# KEYS: latest, due, lock. ARGV: id, now, latest ttl ms, intent, hold ms.
-_ACCEPT_BEGIN = _SET_LATEST + _take_lock("KEYS[3]", "ARGV[1]", "ARGV[5]")
+# KEYS: latest, lock. ARGV: id, latest ttl ms, intent, hold ms.
+_ACCEPT_BEGIN = (_SET_LATEST + "local function take()\n"
+                 + _take_lock("KEYS[2]", "ARGV[1]", "ARGV[4]")
+                 + "end\nreturn {take(), replaced}\n")
 
+# KEYS: record, due, lease, lock, latest. ARGV: id, record, ttl ms, due ('' none),
+# lease ('' none), lock holder ('' keep the lock); then, on the first save after
+# accept (else ''): withdrawing, this operation's pointer and the one it replaced
+# ('' none), which is the newest again unless a newer came since; or the id of the
+# replaced operation to make due at once, if queued (it resolves as superseded),
+# and now.
 _SAVE = """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then return 0 end
+if ARGV[7] ~= '' and redis.call('GET', KEYS[5]) == ARGV[7] then
+  if ARGV[8] == '' then redis.call('DEL', KEYS[5])
+  else redis.call('SET', KEYS[5], ARGV[8], 'PX', math.max(redis.call('PTTL', KEYS[5]), 1))
+  end
+end
+if ARGV[9] ~= '' then redis.call('ZADD', KEYS[2], 'XX', ARGV[10], ARGV[9]) end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 if ARGV[4] == '' then redis.call('ZREM', KEYS[2], ARGV[1])
 else redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1]) end
@@ -150,9 +161,8 @@ class RedisStore:
         return redis_keys.contact_latest(rec.plan.tenant, rec.contact)
 
     async def accept(self, rec: OpRecord, now: float) -> None:
-        keys = [self._latest(rec), redis_keys.operations_due()]
-        args: list[str | int] = [rec.id, repr(now), _ms(_latest_ttl(rec, now)), rec.intent]
-        await self._accept(keys=keys, args=args)
+        args: list[str | int] = [rec.id, _ms(_latest_ttl(rec, now)), rec.intent]
+        rec.replaced = _replaced(await self._accept(keys=[self._latest(rec)], args=args))
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
         keys = [self._latest(rec), redis_keys.contact_lock(rec.plan.tenant, rec.contact)]
@@ -161,24 +171,32 @@ class RedisStore:
         return _begin_answer(answer)
 
     async def accept_begin(self, rec: OpRecord, now: float, hold_s: float) -> Begin:
-        keys = [self._latest(rec), redis_keys.operations_due(),
-                redis_keys.contact_lock(rec.plan.tenant, rec.contact)]
-        args: list[str | int] = [rec.id, repr(now), _ms(_latest_ttl(rec, now)), rec.intent,
-                                 _ms(hold_s)]
-        answer = await self._accept_begin(keys=keys, args=args)
+        keys = [self._latest(rec), redis_keys.contact_lock(rec.plan.tenant, rec.contact)]
+        args: list[str | int] = [rec.id, _ms(_latest_ttl(rec, now)), rec.intent, _ms(hold_s)]
+        answer, replaced = await self._accept_begin(keys=keys, args=args)
+        rec.replaced = _replaced(replaced)
         return _begin_answer(answer)
 
     async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
-                   unlock: bool = True) -> bool:
+                   unlock: bool = True, withdraw: bool = False) -> bool:
         keys = [redis_keys.operation(rec.id), redis_keys.operations_due(),
                 redis_keys.operation_lease(rec.id),
-                redis_keys.contact_lock(rec.plan.tenant, rec.contact)]
+                redis_keys.contact_lock(rec.plan.tenant, rec.contact), self._latest(rec)]
         # A queued record must outlive its give-up time; a final one is kept a day.
         ttl = FINAL_TTL_S if rec.final else max(rec.give_up_at - rec.updated_at, 0) + FINAL_TTL_S
+        mine = f"{rec.intent}|{rec.id}"
+        prev, rec.replaced = rec.replaced, None
+        restore = "" if prev is None else f"{prev[1]}|{prev[0]}"
+        due_now = prev[0] if prev is not None and prev[1] != rec.intent else ""
         args: list[str | bytes | int] = [
             rec.id, rec.dumps(), _ms(ttl), "" if due is None else repr(due),
-            lease or "", f"{rec.intent}|{rec.id}" if unlock else ""]
-        return bool(await self._save(keys=keys, args=args))
+            lease or "", mine if unlock else "", mine if withdraw else "",
+            restore if withdraw else "", "" if withdraw else due_now, repr(rec.updated_at)]
+        try:
+            return bool(await self._save(keys=keys, args=args))
+        except BaseException:
+            rec.replaced = prev  # not saved: the next save (a flush) does it
+            raise
 
     async def get(self, op_id: str) -> tuple[OpRecord, bool] | None:
         raw, leased = await once_more(lambda: self._get(op_id))
@@ -210,6 +228,15 @@ class RedisStore:
 
     async def queued(self) -> int:
         return int(await once_more(lambda: self.redis.zcard(redis_keys.operations_due())))
+
+
+def _replaced(answer: Any) -> tuple[str, str] | None:
+    """(op id, intent) from _SET_LATEST's "<intent>|<op id>", or None for ''."""
+    prev = answer.decode() if isinstance(answer, bytes) else str(answer)
+    if not prev:
+        return None
+    intent, _, op_id = prev.partition("|")
+    return op_id, intent
 
 
 def _begin_answer(answer: Any) -> Begin:
@@ -247,26 +274,26 @@ class DegradingStore:
         self._local_ops: TTLCache[str, bool] = TTLCache(100_000, 3600.0)
         # Final records Redis did not take (it went away mid-request): the client has
         # its answer, so the record waits here, served by get, until flush writes it.
-        self._unsaved: OrderedDict[str, tuple[OpRecord, bool]] = OrderedDict()
+        self._unsaved: OrderedDict[str, tuple[OpRecord, bool, bool]] = OrderedDict()
 
     @property
     def unsaved(self) -> int:
         return len(self._unsaved)
 
-    def keep(self, rec: OpRecord, *, unlock: bool) -> None:
+    def keep(self, rec: OpRecord, *, unlock: bool, withdraw: bool = False) -> None:
         """Hold a final record whose save failed on Redis until :meth:`flush` writes it."""
         if len(self._unsaved) >= UNSAVED_MAX:
             old, _ = self._unsaved.popitem(last=False)
             log.error("operations: %d records wait for Redis; dropped the oldest, %s",
                       UNSAVED_MAX, old)
-        self._unsaved[rec.id] = (rec.copy(), unlock)
+        self._unsaved[rec.id] = (rec.copy(), unlock, withdraw)
 
     async def flush(self, limit: int = FLUSH_BATCH) -> int:
         """Write up to ``limit`` kept records to Redis, oldest first; Redis errors pass."""
         done = 0
         while self._unsaved and done < limit:
-            op_id, (rec, unlock) = next(iter(self._unsaved.items()))
-            await self.shared.save(rec, due=None, unlock=unlock)
+            op_id, (rec, unlock, withdraw) = next(iter(self._unsaved.items()))
+            await self.shared.save(rec, due=None, unlock=unlock, withdraw=withdraw)
             self._unsaved.pop(op_id, None)
             done += 1
         return done
@@ -299,15 +326,17 @@ class DegradingStore:
         return await self.local.begin(rec, hold_s)
 
     async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
-                   unlock: bool = True) -> bool:
+                   unlock: bool = True, withdraw: bool = False) -> bool:
         if rec.id not in self._local_ops:
-            return await self.shared.save(rec, due=due, lease=lease, unlock=unlock)
+            return await self.shared.save(rec, due=due, lease=lease, unlock=unlock,
+                                          withdraw=withdraw)
         self._local_ops.pop(rec.id, None)
         if due is not None:
             self.local.unlock(rec)
             raise StoreUnavailable("Redis is unreachable: the request cannot be queued; "
                                    "retry shortly", retry_after=1)
-        return await self.local.save(rec, due=None, lease=lease, unlock=unlock)
+        return await self.local.save(rec, due=None, lease=lease, unlock=unlock,
+                                     withdraw=withdraw)
 
     async def get(self, op_id: str) -> tuple[OpRecord, bool] | None:
         kept = self._unsaved.get(op_id)

@@ -85,6 +85,26 @@ async def test_adds_commute_a_newer_add_does_not_supersede_a_queued_older_one(
     assert {case.assignee_id, case.other_assignee_id} <= case.assigned(await vambe.state())
 
 
+async def test_a_newer_request_refused_by_the_gateway_limit_does_not_supersede(
+        aiohttp_client: Any, sandboxes_up: dict[str, Sandbox], redis_url: str | None) -> None:
+    """A is queued (449); B for the same contact is refused by the gateway's own limit
+    before it sends anything (429). B never happened: A still runs and lands."""
+    raw = retry_config(sandboxes_up, redis_url=redis_url, queued_backoff_s=0.5,
+                       deadline_s=0.3)
+    raw["providers"]["aelyst-sb"]["rate_limit"] = {"rate": 1, "burst": 1, "scope": "account",
+                                                   "max_wait_s": 0.05}
+    gw = await gateway(aiohttp_client, raw)
+    aelyst = sandboxes_up["aelyst"]
+    await aelyst.fault(status=449, count=1)  # A's first attempt only
+    status_a, a, _ = await post(gw, "assign", _assign("17"))
+    assert (status_a, a["status"]) == (202, "queued"), a
+    status_b, b, _ = await post(gw, "assign", _assign("18"))  # the one slot is spent
+    assert (status_b, b["code"]) == (429, "rate_limited"), b
+    final_a = await wait_final(gw, a["operation_id"])
+    assert final_a["status"] == "succeeded", final_a
+    assert _applied(await aelyst.state()) == [17]
+
+
 async def test_a_newer_operation_waits_for_an_older_attempt_in_flight(
         aiohttp_client: Any, sandboxes_up: dict[str, Sandbox], redis_url: str | None) -> None:
     raw = retry_config(sandboxes_up, redis_url=redis_url, timeout_s=2, deadline_s=3)

@@ -120,16 +120,58 @@ async def test_adds_commute_so_they_share_the_contact_and_never_supersede(
     assert await store.begin(b, 5) == "superseded"
 
 
-async def test_accepting_a_newer_intent_makes_the_older_due_now(store: OperationStore) -> None:
+async def test_a_newer_intent_makes_the_older_due_now_once_saved(store: OperationStore) -> None:
     now = time.time()
     old = _rec("op_old")
     await store.accept(old, now)
     await store.save(old, due=now + 3600)
     assert await store.claim(now, 10, LEASE_S, "w") == []
-    await store.accept(_rec("op_new", assignee="18"), now)
+    new = _rec("op_new", assignee="18")
+    await store.accept(new, now)
+    # Not yet: the newer one might still withdraw (refused before it sends anything).
+    assert await store.claim(now, 10, LEASE_S, "w") == []
+    new.status = "succeeded"
+    await store.save(new, due=None)  # its first save: the older one is due at once
     claimed = await store.claim(time.time(), 10, LEASE_S, "w")
     assert [r.id for r in claimed] == ["op_old"]
     assert await store.begin(claimed[0], 5) == "superseded"
+
+
+async def test_a_withdrawn_operation_gives_the_contact_back_to_the_one_it_replaced(
+        store: OperationStore) -> None:
+    """B replaced a queued A, then asked nothing of the provider (refused before its
+    first exchange): A is the newest again, due when it was, and runs."""
+    now = time.time()
+    a, b = _rec("op_a"), _rec("op_b", assignee="18")
+    await store.accept(a, now)
+    await store.save(a, due=now + 3600)
+    assert await store.accept_begin(b, now, 5) == "ok"
+    assert b.replaced == ("op_a", a.intent)
+    b.status = "failed"
+    assert await store.save(b, due=None, withdraw=True)
+    assert await store.claim(time.time(), 10, LEASE_S, "w") == []  # due when it was
+    claimed = await store.claim(now + 3600, 10, LEASE_S, "w")
+    assert [r.id for r in claimed] == ["op_a"]
+    assert await store.begin(claimed[0], 5) == "ok"  # not superseded
+
+
+async def test_a_withdrawal_leaves_a_newer_operation_standing(store: OperationStore) -> None:
+    now = time.time()
+    a, b, c = _rec("op_a"), _rec("op_b", assignee="18"), _rec("op_c", assignee="19")
+    await store.accept(a, now)
+    await store.save(a, due=now + 3600)
+    await store.accept(b, now)
+    await store.accept(c, now)  # newer than b: b's withdrawal must not undo it
+    b.status = "failed"
+    await store.save(b, due=None, withdraw=True)
+    assert await store.begin(a, 5) == "superseded"
+    assert await store.begin(c, 5) == "ok"
+    lone = _rec("op_lone", contact="5")  # nothing before it: withdrawn, nothing is newest
+    assert await store.accept_begin(lone, now, 5) == "ok" and lone.replaced is None
+    lone.status = "failed"
+    await store.save(lone, due=None, withdraw=True)
+    old = _rec("op_old", assignee="18", contact="5")
+    assert await store.begin(old, 5) == "ok"
 
 
 async def test_a_lock_left_after_a_timeout_expires(store: OperationStore) -> None:
