@@ -115,6 +115,16 @@ class ProviderSpec(_Strict):
     rate_limit: dict[str, Any] | None = None
     retry: dict[str, Any] | None = None
 
+    @field_validator("base_url")
+    @classmethod
+    def _no_userinfo(cls, v: str | None) -> str | None:
+        # A URL is shown (dry runs) and logged where a credential must never be; the
+        # credential is api_key, sent in the provider's own header.
+        if v is not None and "@" in v.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("must not carry credentials (user:password@); "
+                             "the credential is api_key")
+        return v
+
 
 class FileSpec(_Strict):
     listen: Listen = Listen()
@@ -196,15 +206,17 @@ def _resolve_provider(
         return None
     d = cls.defaults
     where = f"providers.{name}."
+    rate: RateLimitSpec | None = None
+    retry: RetrySpec | None = None
     try:
         rate = RateLimitSpec(**{**asdict(d.rate_limit), **(spec.rate_limit or {})})
     except ValidationError as e:
         problems.extend(_pydantic_problems(e, where + "rate_limit."))
-        return None
     try:
         retry = RetrySpec(**{**asdict(d.retry), **(spec.retry or {})})
     except ValidationError as e:
         problems.extend(_pydantic_problems(e, where + "retry."))
+    if rate is None or retry is None:
         return None
     return ProviderConfig(
         name=name, type=spec.type, api_key=spec.api_key,
@@ -213,15 +225,24 @@ def _resolve_provider(
     )
 
 
-def _cross_check(spec: FileSpec, problems: list[str]) -> None:
+def _cross_check(spec: FileSpec, problems: list[str],
+                 invalid: Mapping[str, set[str]] | None = None) -> None:
+    """References between sections. ``invalid``: entries already reported and left out
+    (by section), which still count as existing, so no second problem names them."""
+    invalid = invalid or {}
+    providers = set(spec.providers) | invalid.get("providers", set())
+    tenants = set(spec.tenants) | invalid.get("tenants", set())
     for tname, tenant in spec.tenants.items():
-        if tenant.provider not in spec.providers:
+        if tenant.provider not in providers:
             problems.append(
                 f"tenants.{tname}.provider: {tenant.provider!r} is not a key of providers")
     names: set[str] = set()
     hashes: set[str] = set()
-    for i, client in enumerate(spec.clients):
-        where = f"clients[{i}]"
+    # Entries left out shift the list: problems name each client by its place in the file.
+    left_out = sorted(int(i) for i in invalid.get("clients", set()))
+    places = [i for i in range(len(spec.clients) + len(left_out)) if i not in left_out]
+    for place, client in zip(places, spec.clients, strict=False):
+        where = f"clients[{place}]"
         if client.name in names:
             problems.append(f"{where}.name: {client.name!r} is used by another client")
         if client.key_sha256.lower() in hashes:
@@ -229,13 +250,13 @@ def _cross_check(spec: FileSpec, problems: list[str]) -> None:
         names.add(client.name)
         hashes.add(client.key_sha256.lower())
         for t in client.tenants:
-            if t not in spec.tenants:
+            if t not in tenants:
                 problems.append(f"{where}.tenants: {t!r} is not a key of tenants")
     for email, entries in spec.directory.items():
         if "@" not in email or email != email.strip().lower():
             problems.append(f"directory.{email}: keys are lower-case email addresses")
         for pname in entries:
-            if pname not in spec.providers:
+            if pname not in providers:
                 problems.append(f"directory.{email}.{pname}: not a key of providers")
 
 
@@ -261,6 +282,46 @@ def _check_directory(
                                 f"{provider.type} user id (it must match {pattern})")
 
 
+#: The sections whose entries are checked one by one (by name, or by index).
+_ENTRY_SECTIONS = frozenset({"providers", "tenants", "clients", "directory"})
+
+
+def _validate_file(raw: dict[str, Any], problems: list[str]
+                   ) -> tuple[FileSpec, dict[str, set[str]]]:
+    """The file's model, and every problem in it, not only the first section's.
+
+    What fails validation is reported, then left out (a whole entry of providers,
+    tenants, clients or directory; any other key falls back to its default), and
+    the rest is validated again, so the checks after this one see every section.
+    Returns the model of what is valid and the names left out, by section.
+    """
+    invalid: dict[str, set[str]] = {}
+    doc = dict(raw)
+    for _ in range(3):  # the second pass validates what is left; a third is a guard
+        try:
+            return FileSpec.model_validate(doc), invalid
+        except ValidationError as e:
+            for problem in _pydantic_problems(e):
+                if problem not in problems:
+                    problems.append(problem)
+            drop: dict[str, set[Any]] = {}
+            for err in e.errors(include_url=False):
+                loc = err["loc"]
+                section = str(loc[0]) if loc else ""
+                if section in _ENTRY_SECTIONS and len(loc) > 1 and isinstance(
+                        doc.get(section), (dict, list)):
+                    drop.setdefault(section, set()).add(loc[1])
+                    invalid.setdefault(section, set()).add(str(loc[1]))
+                else:
+                    doc.pop(section, None)
+            for section, keys in drop.items():
+                entries = doc[section]
+                doc[section] = ({k: v for k, v in entries.items() if k not in keys}
+                                if isinstance(entries, dict)
+                                else [v for i, v in enumerate(entries) if i not in keys])
+    raise ConfigError(problems)
+
+
 def build_config(
     raw: Any,
     *,
@@ -273,11 +334,8 @@ def build_config(
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): the file must hold a mapping of keys"])
     raw = _substitute(raw, os.environ if env is None else env, "", problems)
-    try:
-        spec = FileSpec.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(problems + _pydantic_problems(e)) from None
-    _cross_check(spec, problems)
+    spec, invalid = _validate_file(raw, problems)
+    _cross_check(spec, problems, invalid)
     reg = adapters() if registry is None else registry
     providers = {n: _resolve_provider(n, p, reg, problems) for n, p in spec.providers.items()}
     _check_directory(spec, reg, problems)

@@ -29,6 +29,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from gateway import logs
 from gateway.errors import (
     GatewayError,
     NotFound,
@@ -149,7 +150,12 @@ class Executor:
         end = _attempt_end(pc, deadline, loop)
         # Accepting and the first try for the lock are one store step (one Redis round trip).
         first = await self._guard(self.store.accept_begin(rec, now, _hold(end, loop)))
-        return await self._run_sync(pc, rec, deadline, (first, end))
+        try:
+            return await self._run_sync(pc, rec, deadline, (first, end))
+        except GatewayError:
+            # The access line of a failed request names its operation and attempts too.
+            logs.annotate(operation_id=rec.id, attempts=rec.attempts)
+            raise
 
     async def _run_sync(self, pc: ProviderClient, rec: OpRecord, deadline: float,
                         first: tuple[Begin, float] | None = None) -> Done | Queued:

@@ -134,7 +134,9 @@ def _raise_for_status(response: UpstreamResponse, *, assign: bool) -> None:
     if 400 <= status < 500:
         raise UpstreamRejected(f"Aelyst refused the request ({status})")
     if 500 <= status < 600:
-        raise UpstreamServerError(f"Aelyst failed to answer ({status})")
+        # A 503's Retry-After (RFC 9110) is passed on to the client when retries end.
+        raise UpstreamServerError(f"Aelyst failed to answer ({status})",
+                                  retry_after=retry_after_s(response.headers))
     raise UpstreamMalformed(f"Aelyst answered with an unexpected status ({status})")
 
 

@@ -66,6 +66,38 @@ def test_every_problem_is_listed_with_its_key() -> None:
     assert "clients[1].tenants: 'nope'" in joined
 
 
+def test_a_problem_in_one_section_does_not_hide_the_others() -> None:
+    """check-config lists every problem: a bad listen port, an entry with a bad value
+    or a bad rate limit no longer hide the cross-section checks or the retry section."""
+    raw = _minimal(listen={"port": 99999})
+    raw["clients"].insert(0, {"name": "bad", "key_sha256": "00", "tenants": ["acme"]})
+    raw["clients"].append({"name": "late", "key_sha256": "b" * 64, "tenants": ["ghost"]})
+    raw["tenants"]["beta"] = {"provider": "missing", "default_region": "XX"}
+    raw["tenants"]["gamma"] = {"provider": "missing"}
+    raw["providers"]["ae"].update(rate_limit={"rate": 0}, retry={"max_attempts": 0})
+    problems = _problems(raw)
+    assert problems[0].startswith("listen.port")
+    joined = "\n".join(problems)
+    for expected in ("clients[0].key_sha256", "tenants.beta.default_region",
+                     "tenants.gamma.provider: 'missing' is not a key of providers",
+                     "clients[2].tenants: 'ghost' is not a key of tenants",  # its own place
+                     "providers.ae.rate_limit.rate", "providers.ae.retry.max_attempts"):
+        assert expected in joined, (expected, problems)
+    # An entry with a problem of its own is not reported again through a reference.
+    assert "beta" not in joined.replace("tenants.beta.default_region", "")
+    assert len(problems) == len(set(problems)) == 7
+
+
+def test_a_base_url_with_credentials_is_refused_without_showing_them() -> None:
+    raw = _minimal()
+    raw["providers"]["ae"]["base_url"] = "https://svc:s3cr3t@api.aelyst.ai/v1"
+    [problem] = _problems(raw)
+    assert problem.startswith("providers.ae.base_url") and "credentials" in problem
+    assert "s3cr3t" not in problem
+    raw["providers"]["ae"]["base_url"] = "https://api.aelyst.ai/v1/a@b"  # in the path: fine
+    assert build_config(raw, env={"TOKEN": "t"}).providers["ae"].base_url.endswith("/a@b")
+
+
 def test_unknown_type_unknown_key_bad_values() -> None:
     raw = _minimal()
     raw["providers"]["ae"]["type"] = "smoke-signals"

@@ -52,6 +52,17 @@ async def test_a_request_is_one_line_with_its_facts(gw: Any, sandboxes_up: dict[
     assert {k.lower(): v for k, v in entry["headers"].items()}["x-request-id"] == "req-42.a"
 
 
+async def test_a_failed_request_names_its_operation_and_attempts(
+        gw: Any, sandboxes_up: dict[str, Sandbox], access: pytest.LogCaptureFixture) -> None:
+    await sandboxes_up["aelyst"].fault(status=400, count=1)  # refused: no retry
+    resp = await gw.post("/v1/assign", headers=auth(), json={
+        "tenant": "t-aelyst", "contact": {"id": "3"}, "assignee": {"id": "17"}})
+    assert resp.status == 502, await resp.text()
+    [line] = lines(access)
+    assert (line["code"], line["attempts"]) == ("upstream_rejected", 1)
+    assert isinstance(line["operation_id"], str) and line["operation_id"].startswith("op_")
+
+
 @pytest.mark.parametrize("given", [None, "", "has space", "x" * 65, "+15551234567", "a\u00e9"])
 async def test_a_missing_or_unsafe_request_id_is_replaced(
         gw: Any, access: pytest.LogCaptureFixture, given: str | None) -> None:

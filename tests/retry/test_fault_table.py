@@ -117,3 +117,19 @@ async def _check_queued(gw: Any, answer: dict[str, Any], headers: Any) -> None:
     assert headers["Location"] == f"/v1/operations/{op_id}"
     status, view = await operation(gw, op_id)
     assert status == 200 and view["status"] in ("queued", "running") and view["attempts"] == 1
+
+
+@pytest.mark.parametrize("ptype", list(CASES))
+async def test_a_503_retry_after_reaches_the_client_when_retries_end(
+        aiohttp_client: Any, sandboxes_up: dict[str, Sandbox], ptype: str) -> None:
+    """DESIGN: upstream_unavailable carries ``Retry-After`` when known; a provider's 503
+    with ``Retry-After`` makes it known."""
+    gw = await gateway(aiohttp_client, retry_config(sandboxes_up))
+    await sandboxes_up[ptype].fault(status=503, retry_after=4, count=1000)
+    status, answer, headers = await post(gw, "assign", assign_body(ptype))
+    assert (status, answer["code"]) == (503, "upstream_unavailable"), answer
+    assert headers["Retry-After"] == "4"
+    await sandboxes_up[ptype].reset()
+    await sandboxes_up[ptype].fault(status=503, count=1000)  # none sent: none invented
+    status, answer, headers = await post(gw, "assign", assign_body(ptype))
+    assert status == 503 and "Retry-After" not in headers, answer
