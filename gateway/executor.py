@@ -80,6 +80,8 @@ LEASE_MARGIN_S = 2.0
 #: An attempt with less time than this before the deadline is not started.
 MIN_ATTEMPT_S = 0.05
 BUSY_POLL_S = 0.02  # a request waiting for its contact's lock looks again this often
+#: A synchronous request is pending for its deadline and this much more (its last save).
+PENDING_MARGIN_S = 5.0
 BUSY_RETRY_S = 0.25  # a queued operation whose contact is busy comes back this soon
 _OP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -149,7 +151,10 @@ class Executor:
         deadline = loop.time() + pc.config.retry.deadline_s
         end = _attempt_end(pc, deadline, loop)
         # Accepting and the first try for the lock are one store step (one Redis round trip).
-        first = await self._guard(self.store.accept_begin(rec, now, _hold(end, loop)))
+        # Pending (an older operation waits rather than end superseded) until the first
+        # save, which comes within the deadline.
+        first = await self._guard(self.store.accept_begin(
+            rec, now, _hold(end, loop), pc.config.retry.deadline_s + PENDING_MARGIN_S))
         try:
             return await self._run_sync(pc, rec, deadline, (first, end))
         except GatewayError:

@@ -17,9 +17,14 @@ in :mod:`gateway.opstore_redis`) does four things, each atomically:
   held through the attempt, so attempts with different intents on one contact
   never overlap and an older operation can never be applied after a newer one.
   Operations with the same *intent* (the same command; every ``mode: add`` on a
-  contact is one intent, since adds commute) share the lock and do not
-  supersede each other: in any order they leave the contact as the newest
-  asks, so a burst of identical requests is not serialized;
+  contact is one intent, since adds commute) accepted one after another, with
+  no other intent between them, form a *run*: they share the lock and do not
+  supersede each other, since in any order they leave the contact as the
+  newest asks, so a burst of identical requests is not serialized. An
+  operation's *order token* (``<intent>|<first id of its run>``, given at
+  accept) names its run; an older run of the same intent is superseded like
+  any other older operation (an add queued before a replace must not be
+  applied after it because a newer add came);
 - **claim**: a worker leases due operations (the due time moves past the
   lease); a lease that is never finished (a replica killed mid-attempt)
   expires and the operation is due again for any replica;
@@ -62,6 +67,15 @@ FINAL_TTL_S = 24 * 3600.0
 MEMORY_FINALS = 10_000
 #: The newest-operation pointer outlives any queued operation (give_up_after_s).
 LATEST_TTL_S = 7 * 24 * 3600.0
+#: A withdrawal gives the contact back past at most this many operations that withdrew.
+WITHDRAW_HOPS = 8
+#: How long a withdrawal made while a newer operation stood is remembered: that one
+#: withdraws, if it does, within its synchronous deadline.
+WITHDRAWN_TTL_S = 3600.0
+#: An accepted operation is *pending* until its first save (at most this long, unless
+#: accept is told otherwise): an older one of its contact is then busy, not superseded,
+#: since the newer one may still withdraw.
+PENDING_S = 30.0
 
 
 def contact_key(tenant: str, contact: ContactRef) -> str:
@@ -129,11 +143,16 @@ class OpRecord:
     # An attempt timed out: the provider may still apply it, so every later save leaves
     # the contact lock to expire instead of releasing it (see Executor._fail).
     timed_out: bool = False
+    # The order token accept gave it (see the module docstring); None in a record an
+    # older version wrote, whose token is its intent.
+    order: str | None = None
     # Set by accept (this process only, never stored): the contact's newest operation
-    # before this one, as (id, intent). This operation's first save makes it due now
-    # (when queued with another intent, so it resolves as superseded), or, with
+    # before this one, as (id, order token). This operation's first save makes it due
+    # now (when queued in another run, so it resolves as superseded), or, with
     # ``withdraw``, makes it the newest again; then it is cleared.
     replaced: tuple[str, str] | None = field(default=None, repr=False, compare=False)
+    # Accepted here and not saved since (this process only, never stored).
+    pending: bool = field(default=False, repr=False, compare=False)
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     # The ordering keys, derived from the plan: computed once, on first use, and
@@ -159,6 +178,11 @@ class OpRecord:
         return i
 
     @property
+    def token(self) -> str:
+        """The order token: operations share the contact only within one token."""
+        return self.order or self.intent
+
+    @property
     def final(self) -> bool:
         return self.status in FINAL
 
@@ -169,7 +193,8 @@ class OpRecord:
             "give_up_at": self.give_up_at, "status": self.status,
             "updated_at": self.updated_at, "attempts": self.attempts,
             "failures": self.failures, "queued_wait_s": self.queued_wait_s,
-            "reason": self.reason, "timed_out": self.timed_out, "result": self.result,
+            "reason": self.reason, "timed_out": self.timed_out, "order": self.order,
+            "result": self.result,
             "error": self.error,
             "plan": plan_to_dict(self.plan)})
 
@@ -206,16 +231,19 @@ class OperationStore(Protocol):
 
     durable: bool
 
-    async def accept(self, rec: OpRecord, now: float) -> None:
-        """Make ``rec`` its contact's newest operation; note the one it replaces."""
+    async def accept(self, rec: OpRecord, now: float, pending_s: float = PENDING_S) -> None:
+        """Make ``rec`` its contact's newest operation, pending until its first save (at
+        most ``pending_s``); note the one it replaces."""
         ...
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
-        """Hold the contact lock for one attempt (``hold_s``) unless a newer operation with
-        another intent exists (superseded) or one with another intent holds it (busy)."""
+        """Hold the contact lock for one attempt (``hold_s``) unless a newer operation in
+        another run exists (superseded; busy while that one is pending) or one in another
+        run holds it (busy)."""
         ...
 
-    async def accept_begin(self, rec: OpRecord, now: float, hold_s: float) -> Begin:
+    async def accept_begin(self, rec: OpRecord, now: float, hold_s: float,
+                           pending_s: float = PENDING_S) -> Begin:
         """``accept`` then ``begin``, atomically and in one step where the store can."""
         ...
 
@@ -309,12 +337,16 @@ class MemoryStore:
         # Bounded by count too: this replica's memory is all there is, and every kept
         # record is heap the collector walks (see MEMORY_FINALS).
         self.finals: Expiring[str, OpRecord] = Expiring(MEMORY_FINALS, FINAL_TTL_S, clock)
-        # contact -> (newest op id, its intent)
+        # contact -> (newest op id, its order token)
         self.latest: Expiring[str, tuple[str, str]] = Expiring(1_000_000, LATEST_TTL_S, clock)
+        # op id -> what it replaced, for an operation that withdrew while not the newest
+        self.withdrawn: Expiring[str, tuple[tuple[str, str] | None]] = Expiring(
+            100_000, WITHDRAWN_TTL_S, clock)
         self.locks: dict[str, tuple[str, dict[str, float]]] = {}  # contact -> intent, holders
         self.leases: dict[str, tuple[str, float]] = {}  # op id -> (token, expires)
         self.due: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
+        self.pending: dict[str, float] = {}  # op id -> until when (see PENDING_S)
 
     def _lease(self, op_id: str) -> str | None:
         entry = self.leases.get(op_id)
@@ -336,36 +368,61 @@ class MemoryStore:
         self.due[op_id] = when
         heapq.heappush(self._heap, (when, op_id))
 
-    async def accept(self, rec: OpRecord, now: float) -> None:
+    async def accept(self, rec: OpRecord, now: float, pending_s: float = PENDING_S) -> None:
+        if len(self.pending) > 1000:  # an accepted request that never saved (cancelled)
+            t = self.clock()
+            self.pending = {k: v for k, v in self.pending.items() if v > t}
+        self.pending[rec.id] = self.clock() + pending_s
+        rec.pending = True
         prev = self.latest.get(rec.contact)
-        self.latest[rec.contact] = (rec.id, rec.intent)
+        intent = rec.intent
+        # The same intent right after: the same run, so the same token.
+        same_run = prev is not None and prev[1].partition("|")[0] == intent
+        rec.order = prev[1] if same_run and prev is not None else f"{intent}|{rec.id}"
+        self.latest[rec.contact] = (rec.id, rec.order)
         rec.replaced = prev
 
     def _replaced(self, rec: OpRecord, withdraw: bool) -> None:
         prev, rec.replaced = rec.replaced, None
         if withdraw:
-            if self.latest.get(rec.contact) == (rec.id, rec.intent):
-                if prev is None:
-                    self.latest.pop(rec.contact)
-                else:  # a newer operation since would stand
-                    self.latest[rec.contact] = prev
-        elif prev is not None and prev[1] != rec.intent and prev[0] in self.due:
+            mine = (rec.id, rec.token)
+            if self.latest.get(rec.contact) != mine:
+                # A newer one came since: it stands, and should it withdraw too, it
+                # gives the contact back past this one (see _restore).
+                self.withdrawn[rec.id] = (prev,)
+            else:
+                self._restore(rec.contact, prev)
+        elif prev is not None and prev[1] != rec.token and prev[0] in self.due:
             self._schedule(prev[0], rec.updated_at)
+
+    def _restore(self, contact: str, prev: tuple[str, str] | None) -> None:
+        for _ in range(WITHDRAW_HOPS):  # past operations that withdrew meanwhile
+            entry = None if prev is None else self.withdrawn.get(prev[0])
+            if entry is None:
+                break
+            prev = entry[0]
+        if prev is None:
+            self.latest.pop(contact)
+        else:
+            self.latest[contact] = prev
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
         latest = self.latest.get(rec.contact)
-        if latest is not None and latest[0] != rec.id and latest[1] != rec.intent:
-            return "superseded"
+        token = rec.token
+        if latest is not None and latest[0] != rec.id and latest[1] != token:
+            # A newer operation that may still withdraw: wait for it to settle.
+            return "busy" if self.pending.get(latest[0], 0.0) > self.clock() else "superseded"
         held = self._holders(rec.contact)
-        if held is not None and held[0] != rec.intent:
+        if held is not None and held[0] != token:
             return "busy"
         holders = {} if held is None else held[1]
         holders[rec.id] = self.clock() + hold_s
-        self.locks[rec.contact] = (rec.intent, holders)
+        self.locks[rec.contact] = (token, holders)
         return "ok"
 
-    async def accept_begin(self, rec: OpRecord, now: float, hold_s: float) -> Begin:
-        await self.accept(rec, now)
+    async def accept_begin(self, rec: OpRecord, now: float, hold_s: float,
+                           pending_s: float = PENDING_S) -> Begin:
+        await self.accept(rec, now, pending_s)
         return await self.begin(rec, hold_s)
 
     def unlock(self, rec: OpRecord) -> None:
@@ -377,7 +434,9 @@ class MemoryStore:
                    unlock: bool = True, withdraw: bool = False) -> bool:
         if lease is not None and self._lease(rec.id) != lease:
             return False
-        if withdraw or rec.replaced is not None:
+        if rec.pending:
+            rec.pending = False
+            self.pending.pop(rec.id, None)
             self._replaced(rec, withdraw)
         stored = rec.copy()
         if rec.final:

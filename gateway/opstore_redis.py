@@ -25,6 +25,8 @@ from gateway.errors import StoreUnavailable
 from gateway.operations import (
     FINAL_TTL_S,
     LATEST_TTL_S,
+    PENDING_S,
+    WITHDRAWN_TTL_S,
     Begin,
     MemoryStore,
     OpRecord,
@@ -45,16 +47,33 @@ async def once_more(call: Callable[[], Awaitable[T]]) -> T:
     except RedisConnectionError:
         return await call()
 
-# The newest pointer is "<intent>|<op id>"; the contact lock is a sorted set of
-# "<intent>|<op id>" holders scored by expiry (Redis's own clock, the same for
-# every replica): holders must share one intent.
+# The newest pointer is "<order token>|<op id>", the token "<intent>|<first op id of
+# its run>" (one written by an older version: "<intent>|<op id>", its token the
+# intent); the contact lock is a sorted set of "<order token>|<op id>" holders scored
+# by expiry (Redis's own clock, the same for every replica): holders must share one
+# token. Op ids hold no '|': a pointer's id is what follows its last '|'.
 
-# Make this operation its contact's newest; leaves ``replaced``, the pointer it
-# replaced ('' for none): the first save makes that one due now or, withdrawing,
-# puts it back (see _SAVE). KEYS: latest. ARGV: id, latest ttl ms, intent.
+# Make this operation its contact's newest, in the run of the newest if that has the
+# same intent. Leaves ``token`` (this operation's order token), ``mine`` (the token
+# and a bar) and ``replaced``, the pointer it replaced ('' for none): the first save
+# makes that one due now or, withdrawing, puts it back (see _SAVE).
+# It is pending (KEYS[2], a sorted set of ids by expiry, Redis's clock) until its first
+# save. KEYS: latest, pending. ARGV: id, latest ttl ms, intent, pending ms.
 _SET_LATEST = """
-local mine = ARGV[3] .. '|'
-local replaced = redis.call('GET', KEYS[1]) or ''
+local clock = redis.call('TIME')
+local until_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  + tonumber(ARGV[4])
+redis.call('ZADD', KEYS[2], until_ms, ARGV[1])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+local prev = redis.call('GET', KEYS[1])
+local token = ARGV[3] .. '|' .. ARGV[1]
+if prev and string.match(prev, '^[^|]*') == ARGV[3] then
+  token = string.match(prev, '^(.*)|[^|]*$') or token
+end
+local mine = token .. '|'
+local replaced = prev or ''
 local ttl = math.max(tonumber(ARGV[2]), redis.call('PTTL', KEYS[1]))
 redis.call('SET', KEYS[1], mine .. ARGV[1], 'PX', ttl)
 """
@@ -62,8 +81,8 @@ redis.call('SET', KEYS[1], mine .. ARGV[1], 'PX', ttl)
 
 def _take_lock(lock: str, op_id: str, hold_ms: str) -> str:
     """Lua that ends its script: hold the contact lock (key ``lock``) for ``mine`` (the
-    intent and a bar, set before) and the operation ``op_id`` for ``hold_ms``, or
-    answer 'busy' while a holder with another intent has it."""
+    order token and a bar, set before) and the operation ``op_id`` for ``hold_ms``, or
+    answer 'busy' while a holder in another run (another token) has it."""
     return f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -78,13 +97,20 @@ return 'ok'
 """
 
 
-_ACCEPT = _SET_LATEST + "return replaced\n"
+_ACCEPT = _SET_LATEST + "return {token, replaced}\n"
 
-# KEYS: latest, lock. ARGV: intent, id, hold ms.
+# Superseded when the newest is another operation in another run; busy instead
+# while that one is pending (it may still withdraw).
+# KEYS: latest, lock, pending. ARGV: order token, id, hold ms.
 _BEGIN = """
 local mine = ARGV[1] .. '|'
 local latest = redis.call('GET', KEYS[1])
-if latest and latest ~= mine .. ARGV[2] and string.sub(latest, 1, #mine) ~= mine then
+if latest and string.match(latest, '[^|]*$') ~= ARGV[2]
+    and string.match(latest, '^(.*)|[^|]*$') ~= ARGV[1] then
+  local clock = redis.call('TIME')
+  local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
+  if redis.call('ZSCORE', KEYS[3], string.match(latest, '[^|]*$')) then return 'busy' end
   return 'superseded'
 end
 """ + _take_lock("KEYS[2]", "ARGV[2]", "ARGV[3]")
@@ -92,25 +118,41 @@ end
 # accept, then begin, in one round trip (a request's synchronous first attempt):
 # right after the accept this operation is its contact's newest, so begin's
 # superseded check cannot fire; only the lock is left to take.
-# KEYS: latest, lock. ARGV: id, latest ttl ms, intent, hold ms.
+# KEYS: latest, pending, lock. ARGV: id, latest ttl ms, intent, pending ms, hold ms.
 _ACCEPT_BEGIN = (_SET_LATEST + "local function take()\n"
-                 + _take_lock("KEYS[2]", "ARGV[1]", "ARGV[4]")
-                 + "end\nreturn {take(), replaced}\n")
+                 + _take_lock("KEYS[3]", "ARGV[1]", "ARGV[5]")
+                 + "end\nreturn {take(), token, replaced}\n")
 
-# KEYS: record, due, lease, lock, latest. ARGV: id, record, ttl ms, due ('' none),
-# lease ('' none), lock holder ('' keep the lock); then, on the first save after
-# accept (else ''): withdrawing, this operation's pointer and the one it replaced
-# ('' none), which is the newest again unless a newer came since; or the id of the
-# replaced operation to make due at once, if queued (it resolves as superseded),
-# and now.
+# KEYS: record, due, lease, lock, latest, withdrawn, pending. ARGV: id, record, ttl ms,
+# due ('' none), lease ('' none), lock holder ('' keep the lock); then, on the first
+# save after accept (else ''): withdrawing, this operation's pointer and the one it
+# replaced ('' none), or the id of the replaced operation to make due at once, if
+# queued (it resolves as superseded); now; how long a withdrawal is remembered (ms);
+# '1' on the first save after accept (no longer pending).
+# Withdrawing as the newest gives the contact back to the one replaced, past any
+# that withdrew meanwhile (the withdrawn hash: id -> what it replaced); withdrawing
+# when a newer one came leaves that one standing and notes the withdrawal there.
 _SAVE = """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then return 0 end
-if ARGV[7] ~= '' and redis.call('GET', KEYS[5]) == ARGV[7] then
-  if ARGV[8] == '' then redis.call('DEL', KEYS[5])
-  else redis.call('SET', KEYS[5], ARGV[8], 'PX', math.max(redis.call('PTTL', KEYS[5]), 1))
+if ARGV[7] ~= '' then
+  if redis.call('GET', KEYS[5]) == ARGV[7] then
+    local back = ARGV[8]
+    for _ = 1, 8 do
+      if back == '' then break end
+      local further = redis.call('HGET', KEYS[6], string.match(back, '[^|]*$'))
+      if not further then break end
+      back = further
+    end
+    if back == '' then redis.call('DEL', KEYS[5])
+    else redis.call('SET', KEYS[5], back, 'PX', math.max(redis.call('PTTL', KEYS[5]), 1))
+    end
+  else
+    redis.call('HSET', KEYS[6], ARGV[1], ARGV[8])
+    redis.call('PEXPIRE', KEYS[6], ARGV[11])
   end
 end
 if ARGV[9] ~= '' then redis.call('ZADD', KEYS[2], 'XX', ARGV[10], ARGV[9]) end
+if ARGV[12] ~= '' then redis.call('ZREM', KEYS[7], ARGV[1]) end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 if ARGV[4] == '' then redis.call('ZREM', KEYS[2], ARGV[1])
 else redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1]) end
@@ -160,42 +202,57 @@ class RedisStore:
     def _latest(rec: OpRecord) -> str:
         return redis_keys.contact_latest(rec.plan.tenant, rec.contact)
 
-    async def accept(self, rec: OpRecord, now: float) -> None:
-        args: list[str | int] = [rec.id, _ms(_latest_ttl(rec, now)), rec.intent]
-        rec.replaced = _replaced(await self._accept(keys=[self._latest(rec)], args=args))
+    def _pending(self, rec: OpRecord) -> str:
+        return redis_keys.contact_pending(rec.plan.tenant, rec.contact)
+
+    async def accept(self, rec: OpRecord, now: float, pending_s: float = PENDING_S) -> None:
+        args: list[str | int] = [rec.id, _ms(_latest_ttl(rec, now)), rec.intent,
+                                 _ms(pending_s)]
+        token, replaced = await self._accept(keys=[self._latest(rec), self._pending(rec)],
+                                             args=args)
+        rec.order, rec.replaced, rec.pending = _text(token), _replaced(replaced), True
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
-        keys = [self._latest(rec), redis_keys.contact_lock(rec.plan.tenant, rec.contact)]
-        args: list[str | int] = [rec.intent, rec.id, _ms(hold_s)]
+        keys = [self._latest(rec), redis_keys.contact_lock(rec.plan.tenant, rec.contact),
+                self._pending(rec)]
+        args: list[str | int] = [rec.token, rec.id, _ms(hold_s)]
         answer = await self._begin(keys=keys, args=args)
         return _begin_answer(answer)
 
-    async def accept_begin(self, rec: OpRecord, now: float, hold_s: float) -> Begin:
-        keys = [self._latest(rec), redis_keys.contact_lock(rec.plan.tenant, rec.contact)]
-        args: list[str | int] = [rec.id, _ms(_latest_ttl(rec, now)), rec.intent, _ms(hold_s)]
-        answer, replaced = await self._accept_begin(keys=keys, args=args)
-        rec.replaced = _replaced(replaced)
+    async def accept_begin(self, rec: OpRecord, now: float, hold_s: float,
+                           pending_s: float = PENDING_S) -> Begin:
+        keys = [self._latest(rec), self._pending(rec),
+                redis_keys.contact_lock(rec.plan.tenant, rec.contact)]
+        args: list[str | int] = [rec.id, _ms(_latest_ttl(rec, now)), rec.intent,
+                                 _ms(pending_s), _ms(hold_s)]
+        answer, token, replaced = await self._accept_begin(keys=keys, args=args)
+        rec.order, rec.replaced, rec.pending = _text(token), _replaced(replaced), True
         return _begin_answer(answer)
 
     async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
                    unlock: bool = True, withdraw: bool = False) -> bool:
         keys = [redis_keys.operation(rec.id), redis_keys.operations_due(),
                 redis_keys.operation_lease(rec.id),
-                redis_keys.contact_lock(rec.plan.tenant, rec.contact), self._latest(rec)]
+                redis_keys.contact_lock(rec.plan.tenant, rec.contact), self._latest(rec),
+                redis_keys.contact_withdrawn(rec.plan.tenant, rec.contact),
+                self._pending(rec)]
         # A queued record must outlive its give-up time; a final one is kept a day.
         ttl = FINAL_TTL_S if rec.final else max(rec.give_up_at - rec.updated_at, 0) + FINAL_TTL_S
-        mine = f"{rec.intent}|{rec.id}"
-        prev, rec.replaced = rec.replaced, None
+        mine = f"{rec.token}|{rec.id}"
+        first, prev, rec.replaced, rec.pending = rec.pending, rec.replaced, None, False
         restore = "" if prev is None else f"{prev[1]}|{prev[0]}"
-        due_now = prev[0] if prev is not None and prev[1] != rec.intent else ""
+        due_now = prev[0] if prev is not None and prev[1] != rec.token else ""
         args: list[str | bytes | int] = [
             rec.id, rec.dumps(), _ms(ttl), "" if due is None else repr(due),
             lease or "", mine if unlock else "", mine if withdraw else "",
-            restore if withdraw else "", "" if withdraw else due_now, repr(rec.updated_at)]
+            restore if withdraw else "", "" if withdraw else due_now, repr(rec.updated_at),
+            _ms(WITHDRAWN_TTL_S), "1" if first else ""]
+        if not first:
+            args[6:9] = ["", "", ""]
         try:
             return bool(await self._save(keys=keys, args=args))
         except BaseException:
-            rec.replaced = prev  # not saved: the next save (a flush) does it
+            rec.replaced, rec.pending = prev, first  # not saved: the next save does it
             raise
 
     async def get(self, op_id: str) -> tuple[OpRecord, bool] | None:
@@ -230,13 +287,14 @@ class RedisStore:
         return int(await once_more(lambda: self.redis.zcard(redis_keys.operations_due())))
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _replaced(answer: Any) -> tuple[str, str] | None:
-    """(op id, intent) from _SET_LATEST's "<intent>|<op id>", or None for ''."""
-    prev = answer.decode() if isinstance(answer, bytes) else str(answer)
-    if not prev:
-        return None
-    intent, _, op_id = prev.partition("|")
-    return op_id, intent
+    """(op id, order token) from a pointer "<order token>|<op id>", or None for ''."""
+    token, _, op_id = _text(answer).rpartition("|")
+    return (op_id, token) if token else None
 
 
 def _begin_answer(answer: Any) -> Begin:
@@ -303,19 +361,20 @@ class DegradingStore:
             log.warning("operations: Redis unreachable; ordering is per replica for now")
         self._local_ops[rec.id] = True
 
-    async def accept(self, rec: OpRecord, now: float) -> None:
+    async def accept(self, rec: OpRecord, now: float, pending_s: float = PENDING_S) -> None:
         try:
-            await self.shared.accept(rec, now)
+            await self.shared.accept(rec, now, pending_s)
         except REDIS_ERRORS:
             self._degrade(rec)
-            await self.local.accept(rec, now)
+            await self.local.accept(rec, now, pending_s)
 
-    async def accept_begin(self, rec: OpRecord, now: float, hold_s: float) -> Begin:
+    async def accept_begin(self, rec: OpRecord, now: float, hold_s: float,
+                           pending_s: float = PENDING_S) -> Begin:
         try:
-            return await self.shared.accept_begin(rec, now, hold_s)
+            return await self.shared.accept_begin(rec, now, hold_s, pending_s)
         except REDIS_ERRORS:
             self._degrade(rec)
-            return await self.local.accept_begin(rec, now, hold_s)
+            return await self.local.accept_begin(rec, now, hold_s, pending_s)
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
         if rec.id not in self._local_ops:

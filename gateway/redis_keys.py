@@ -46,6 +46,17 @@ def contact_latest(tenant: str, contact: str) -> str:
     return f"{PREFIX}op:{{ops}}:latest:{tenant}:{contact}"
 
 
+def contact_withdrawn(tenant: str, contact: str) -> str:
+    """Operations of a contact that withdrew while a newer one stood (a hash: id -> the
+    pointer it replaced); expires an hour after the last."""
+    return f"{PREFIX}op:{{ops}}:withdrawn:{tenant}:{contact}"
+
+
+def contact_pending(tenant: str, contact: str) -> str:
+    """Accepted operations of a contact not saved yet (a sorted set by expiry)."""
+    return f"{PREFIX}op:{{ops}}:pending:{tenant}:{contact}"
+
+
 def contact_lock(tenant: str, contact: str) -> str:
     """Who is attempting on a tenant's contact (a sorted set by expiry); expires by itself."""
     return f"{PREFIX}op:{{ops}}:lock:{tenant}:{contact}"

@@ -81,6 +81,8 @@ async def test_a_newer_intent_supersedes_and_the_same_intent_shares(
     assert await store.begin(same, 5) == "ok"  # the same intent shares the lock
     assert await store.begin(old, 5) == "ok"  # and does not supersede the older one
     await store.accept(new, now)
+    assert await store.begin(old, 5) == "busy"  # new may still withdraw: old waits
+    await store.save(new, due=now + 3600)  # queued: settled, no longer pending
     assert await store.begin(new, 5) == "busy"  # another intent waits for both attempts
     assert await store.begin(old, 5) == "superseded"
     await store.save(old, due=None)
@@ -115,6 +117,7 @@ async def test_adds_commute_so_they_share_the_contact_and_never_supersede(
     assert await store.begin(a, 5) == "ok"  # not superseded, and runs beside b
     replace = _rec("op_r", "19")
     await store.accept(replace, now)
+    await store.save(replace, due=now + 3600)
     assert await store.begin(replace, 5) == "busy"  # a replace still waits for the adds
     assert await store.begin(a, 5) == "superseded"  # and supersedes them
     assert await store.begin(b, 5) == "superseded"
@@ -146,7 +149,7 @@ async def test_a_withdrawn_operation_gives_the_contact_back_to_the_one_it_replac
     await store.accept(a, now)
     await store.save(a, due=now + 3600)
     assert await store.accept_begin(b, now, 5) == "ok"
-    assert b.replaced == ("op_a", a.intent)
+    assert b.replaced == ("op_a", a.token)
     b.status = "failed"
     assert await store.save(b, due=None, withdraw=True)
     assert await store.claim(time.time(), 10, LEASE_S, "w") == []  # due when it was
@@ -162,6 +165,7 @@ async def test_a_withdrawal_leaves_a_newer_operation_standing(store: OperationSt
     await store.save(a, due=now + 3600)
     await store.accept(b, now)
     await store.accept(c, now)  # newer than b: b's withdrawal must not undo it
+    await store.save(c, due=now + 3600)
     b.status = "failed"
     await store.save(b, due=None, withdraw=True)
     assert await store.begin(a, 5) == "superseded"
@@ -172,6 +176,20 @@ async def test_a_withdrawal_leaves_a_newer_operation_standing(store: OperationSt
     await store.save(lone, due=None, withdraw=True)
     old = _rec("op_old", assignee="18", contact="5")
     assert await store.begin(old, 5) == "ok"
+
+
+async def test_a_pending_operation_never_saved_settles_when_its_pending_time_ends(
+        store: OperationStore) -> None:
+    """A replica accepted B and died before saving it: an older A waits (busy) only until
+    B's pending time ends, then ends superseded as before."""
+    now = time.time()
+    a, b = _rec("op_a"), _rec("op_b", assignee="18")
+    await store.accept(a, now)
+    await store.save(a, due=now + 3600)
+    await store.accept(b, now, pending_s=LEASE_S)
+    assert await store.begin(a, 5) == "busy"
+    await asyncio.sleep(LEASE_S + 0.1)
+    assert await store.begin(a, 5) == "superseded"
 
 
 async def test_a_lock_left_after_a_timeout_expires(store: OperationStore) -> None:
