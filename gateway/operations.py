@@ -410,8 +410,15 @@ class MemoryStore:
         latest = self.latest.get(rec.contact)
         token = rec.token
         if latest is not None and latest[0] != rec.id and latest[1] != token:
-            # A newer operation that may still withdraw: wait for it to settle.
-            return "busy" if self.pending.get(latest[0], 0.0) > self.clock() else "superseded"
+            if self.pending.get(latest[0], 0.0) <= self.clock():
+                return "superseded"
+            # A newer operation that may still withdraw: wait for it to settle, and let
+            # go of a hold left from this one's last attempt (not after a timeout), or
+            # the two would wait for each other: the newer one for the lock, this one
+            # for the newer.
+            if not rec.timed_out:
+                self.unlock(rec)
+            return "busy"
         held = self._holders(rec.contact)
         if held is not None and held[0] != token:
             return "busy"

@@ -100,8 +100,10 @@ return 'ok'
 _ACCEPT = _SET_LATEST + "return {token, replaced}\n"
 
 # Superseded when the newest is another operation in another run; busy instead
-# while that one is pending (it may still withdraw).
-# KEYS: latest, lock, pending. ARGV: order token, id, hold ms.
+# while that one is pending (it may still withdraw), and then this operation lets go
+# of a hold left from its last attempt (ARGV[4] '1': not after a timeout), or the two
+# would wait for each other: the newer one for the lock, this one for the newer.
+# KEYS: latest, lock, pending. ARGV: order token, id, hold ms, release.
 _BEGIN = """
 local mine = ARGV[1] .. '|'
 local latest = redis.call('GET', KEYS[1])
@@ -110,7 +112,10 @@ if latest and string.match(latest, '[^|]*$') ~= ARGV[2]
   local clock = redis.call('TIME')
   local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
-  if redis.call('ZSCORE', KEYS[3], string.match(latest, '[^|]*$')) then return 'busy' end
+  if redis.call('ZSCORE', KEYS[3], string.match(latest, '[^|]*$')) then
+    if ARGV[4] == '1' then redis.call('ZREM', KEYS[2], mine .. ARGV[2]) end
+    return 'busy'
+  end
   return 'superseded'
 end
 """ + _take_lock("KEYS[2]", "ARGV[2]", "ARGV[3]")
@@ -130,8 +135,10 @@ _ACCEPT_BEGIN = (_SET_LATEST + "local function take()\n"
 # queued (it resolves as superseded); now; how long a withdrawal is remembered (ms);
 # '1' on the first save after accept (no longer pending).
 # Withdrawing as the newest gives the contact back to the one replaced, past any
-# that withdrew meanwhile (the withdrawn hash: id -> what it replaced); withdrawing
-# when a newer one came leaves that one standing and notes the withdrawal there.
+# that withdrew meanwhile (KEYS[6] is this operation's withdrawal key, ARGV[13] the
+# same without the id: each holds what that operation replaced, and expires on its
+# own); withdrawing when a newer one came leaves that one standing and notes the
+# withdrawal in KEYS[6].
 _SAVE = """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then return 0 end
 if ARGV[7] ~= '' then
@@ -139,7 +146,7 @@ if ARGV[7] ~= '' then
     local back = ARGV[8]
     for _ = 1, 8 do
       if back == '' then break end
-      local further = redis.call('HGET', KEYS[6], string.match(back, '[^|]*$'))
+      local further = redis.call('GET', ARGV[13] .. string.match(back, '[^|]*$'))
       if not further then break end
       back = further
     end
@@ -147,8 +154,7 @@ if ARGV[7] ~= '' then
     else redis.call('SET', KEYS[5], back, 'PX', math.max(redis.call('PTTL', KEYS[5]), 1))
     end
   else
-    redis.call('HSET', KEYS[6], ARGV[1], ARGV[8])
-    redis.call('PEXPIRE', KEYS[6], ARGV[11])
+    redis.call('SET', KEYS[6], ARGV[8], 'PX', ARGV[11])
   end
 end
 if ARGV[9] ~= '' then redis.call('ZADD', KEYS[2], 'XX', ARGV[10], ARGV[9]) end
@@ -215,7 +221,8 @@ class RedisStore:
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
         keys = [self._latest(rec), redis_keys.contact_lock(rec.plan.tenant, rec.contact),
                 self._pending(rec)]
-        args: list[str | int] = [rec.token, rec.id, _ms(hold_s)]
+        args: list[str | int] = [rec.token, rec.id, _ms(hold_s),
+                                 "" if rec.timed_out else "1"]
         answer = await self._begin(keys=keys, args=args)
         return _begin_answer(answer)
 
@@ -234,7 +241,7 @@ class RedisStore:
         keys = [redis_keys.operation(rec.id), redis_keys.operations_due(),
                 redis_keys.operation_lease(rec.id),
                 redis_keys.contact_lock(rec.plan.tenant, rec.contact), self._latest(rec),
-                redis_keys.contact_withdrawn(rec.plan.tenant, rec.contact),
+                redis_keys.contact_withdrawn(rec.plan.tenant, rec.contact, rec.id),
                 self._pending(rec)]
         # A queued record must outlive its give-up time; a final one is kept a day.
         ttl = FINAL_TTL_S if rec.final else max(rec.give_up_at - rec.updated_at, 0) + FINAL_TTL_S
@@ -246,7 +253,8 @@ class RedisStore:
             rec.id, rec.dumps(), _ms(ttl), "" if due is None else repr(due),
             lease or "", mine if unlock else "", mine if withdraw else "",
             restore if withdraw else "", "" if withdraw else due_now, repr(rec.updated_at),
-            _ms(WITHDRAWN_TTL_S), "1" if first else ""]
+            _ms(WITHDRAWN_TTL_S), "1" if first else "",
+            redis_keys.contact_withdrawn(rec.plan.tenant, rec.contact, "")]
         if not first:
             args[6:9] = ["", "", ""]
         try:

@@ -46,10 +46,10 @@ def contact_latest(tenant: str, contact: str) -> str:
     return f"{PREFIX}op:{{ops}}:latest:{tenant}:{contact}"
 
 
-def contact_withdrawn(tenant: str, contact: str) -> str:
-    """Operations of a contact that withdrew while a newer one stood (a hash: id -> the
-    pointer it replaced); expires an hour after the last."""
-    return f"{PREFIX}op:{{ops}}:withdrawn:{tenant}:{contact}"
+def contact_withdrawn(tenant: str, contact: str, op_id: str) -> str:
+    """An operation of a contact that withdrew while a newer one stood: the pointer it
+    replaced. Expires an hour after it was written. ``op_id`` "" gives the prefix."""
+    return f"{PREFIX}op:{{ops}}:withdrawn:{tenant}:{contact}:{op_id}"
 
 
 def contact_pending(tenant: str, contact: str) -> str:
