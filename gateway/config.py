@@ -232,14 +232,15 @@ def _cross_check(spec: FileSpec, problems: list[str],
     invalid = invalid or {}
     providers = set(spec.providers) | invalid.get("providers", set())
     tenants = set(spec.tenants) | invalid.get("tenants", set())
+    any_provider, any_tenant = _ANY in providers, _ANY in tenants
     for tname, tenant in spec.tenants.items():
-        if tenant.provider not in providers:
+        if tenant.provider not in providers and not any_provider:
             problems.append(
                 f"tenants.{tname}.provider: {tenant.provider!r} is not a key of providers")
     names: set[str] = set()
     hashes: set[str] = set()
     # Entries left out shift the list: problems name each client by its place in the file.
-    left_out = sorted(int(i) for i in invalid.get("clients", set()))
+    left_out = sorted(int(i) for i in invalid.get("clients", set()) if i != _ANY)
     places = [i for i in range(len(spec.clients) + len(left_out)) if i not in left_out]
     for place, client in zip(places, spec.clients, strict=False):
         where = f"clients[{place}]"
@@ -250,13 +251,13 @@ def _cross_check(spec: FileSpec, problems: list[str],
         names.add(client.name)
         hashes.add(client.key_sha256.lower())
         for t in client.tenants:
-            if t not in tenants:
+            if t not in tenants and not any_tenant:
                 problems.append(f"{where}.tenants: {t!r} is not a key of tenants")
     for email, entries in spec.directory.items():
         if "@" not in email or email != email.strip().lower():
             problems.append(f"directory.{email}: keys are lower-case email addresses")
         for pname in entries:
-            if pname not in providers:
+            if pname not in providers and not any_provider:
                 problems.append(f"directory.{email}.{pname}: not a key of providers")
 
 
@@ -284,6 +285,8 @@ def _check_directory(
 
 #: The sections whose entries are checked one by one (by name, or by index).
 _ENTRY_SECTIONS = frozenset({"providers", "tenants", "clients", "directory"})
+#: In ``invalid``: the whole section was left out, so any reference into it may be right.
+_ANY = "*"
 
 
 def _validate_file(raw: dict[str, Any], problems: list[str]
@@ -314,6 +317,8 @@ def _validate_file(raw: dict[str, Any], problems: list[str]
                     invalid.setdefault(section, set()).add(str(loc[1]))
                 else:
                     doc.pop(section, None)
+                    if section in _ENTRY_SECTIONS:  # the whole section is unreadable
+                        invalid.setdefault(section, set()).add(_ANY)
             for section, keys in drop.items():
                 entries = doc[section]
                 doc[section] = ({k: v for k, v in entries.items() if k not in keys}

@@ -88,6 +88,12 @@ def test_a_problem_in_one_section_does_not_hide_the_others() -> None:
     assert len(problems) == len(set(problems)) == 7
 
 
+def test_an_unreadable_section_is_one_problem_not_one_per_reference() -> None:
+    raw = _minimal(tenants=["acme"])  # a list, not a mapping
+    problems = _problems(raw)
+    assert len(problems) == 1 and problems[0].startswith("tenants"), problems
+
+
 def test_a_base_url_with_credentials_is_refused_without_showing_them() -> None:
     raw = _minimal()
     raw["providers"]["ae"]["base_url"] = "https://svc:s3cr3t@api.aelyst.ai/v1"
