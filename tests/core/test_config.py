@@ -180,9 +180,11 @@ def test_shipped_files_validate() -> None:
     load_config(ROOT / "config" / "sandbox.yaml")
     env = {k: "x" for k in ("AELYST_TOKEN", "TELI_API_KEY", "VAMBE_API_KEY",
                             "GLOBEX_CAMPAIGN_ID", "GLOBEX_ORG_ID")}
-    env.update(CRM_KEY_SHA256="b" * 64, SUPPORT_KEY_SHA256="c" * 64)
+    env.update(CRM_KEY_SHA256="b" * 64, SUPPORT_KEY_SHA256="c" * 64,
+               PLATFORM_KEY_SHA256="d" * 64)
     cfg = load_config(ROOT / "config" / "example.yaml", env=env)
     assert cfg.redis_url == "redis://redis:6379/0"
+    assert [c.name for c in cfg.clients if c.admin] == ["platform"]
 
 
 def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
