@@ -377,8 +377,10 @@ class MemoryStore:
         prev = self.latest.get(rec.contact)
         intent = rec.intent
         # The same intent right after: the same run, so the same token.
-        same_run = prev is not None and prev[1].partition("|")[0] == intent
-        rec.order = prev[1] if same_run and prev is not None else f"{intent}|{rec.id}"
+        if prev is not None and prev[1].partition("|")[0] == intent:
+            rec.order = prev[1]
+        else:
+            rec.order = f"{intent}|{rec.id}"
         self.latest[rec.contact] = (rec.id, rec.order)
         rec.replaced = prev
 

@@ -246,17 +246,17 @@ class RedisStore:
         # A queued record must outlive its give-up time; a final one is kept a day.
         ttl = FINAL_TTL_S if rec.final else max(rec.give_up_at - rec.updated_at, 0) + FINAL_TTL_S
         mine = f"{rec.token}|{rec.id}"
+        # Only the first save after accept settles what it replaced (as MemoryStore).
         first, prev, rec.replaced, rec.pending = rec.pending, rec.replaced, None, False
+        withdrawing = first and withdraw
         restore = "" if prev is None else f"{prev[1]}|{prev[0]}"
         due_now = prev[0] if prev is not None and prev[1] != rec.token else ""
         args: list[str | bytes | int] = [
             rec.id, rec.dumps(), _ms(ttl), "" if due is None else repr(due),
-            lease or "", mine if unlock else "", mine if withdraw else "",
-            restore if withdraw else "", "" if withdraw else due_now, repr(rec.updated_at),
-            _ms(WITHDRAWN_TTL_S), "1" if first else "",
+            lease or "", mine if unlock else "", mine if withdrawing else "",
+            restore if withdrawing else "", "" if withdraw else due_now,
+            repr(rec.updated_at), _ms(WITHDRAWN_TTL_S), "1" if first else "",
             redis_keys.contact_withdrawn(rec.plan.tenant, rec.contact, "")]
-        if not first:
-            args[6:9] = ["", "", ""]
         try:
             return bool(await self._save(keys=keys, args=args))
         except BaseException:
