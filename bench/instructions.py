@@ -18,8 +18,9 @@ totals are dumped (``callgrind_control -d``): instructions per request is the du
 total over the requests. ``--ref`` runs the same on the ``gateway/`` and
 ``providers/`` of that commit (``git archive``) and prints both and the change.
 Only ``gateway`` and ``gateway-redis`` take ``--ref``; ``passthrough`` is the
-baseline. Requests go to loopback only, each with a timeout; the harness stops
-every process it started.
+baseline and ``floor`` (:mod:`bench.floor`) the least work the contract asks.
+Requests go to loopback only, each with a timeout; the harness stops every
+process it started.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from bench.load import CLIENT_KEY
 from bench.procs import Procs, exit_on_sigterm, free_port, wait_http_ok, wait_port
 from bench.run import BODY, METRICS_KNOB, ROOT, check_assign, gateway_config
 
-SYSTEMS = ("gateway", "gateway-redis", "gateway-metrics-off", "passthrough")
+SYSTEMS = ("gateway", "gateway-redis", "gateway-metrics-off", "passthrough", "floor")
 #: Under callgrind the system runs about 50x slower than natively.
 REQUEST_TIMEOUT_S = 60.0
 CONTROL_TIMEOUT_S = 120.0
@@ -114,8 +115,8 @@ class Harness:
             self.redis_url = f"redis://127.0.0.1:{port}/0"
 
     def _argv(self, system: str, port: int, name: str) -> list[str]:
-        if system == "passthrough":
-            return [self.py, "-m", "bench.passthrough", "--port", str(port), "--upstream",
+        if system in ("passthrough", "floor"):
+            return [self.py, "-m", f"bench.{system}", "--port", str(port), "--upstream",
                     f"http://127.0.0.1:{self.upstream}"]
         redis_url = self.redis_url if system == "gateway-redis" else None
         if system == "gateway-redis" and redis_url is None:
@@ -140,10 +141,10 @@ class Harness:
         if system == "gateway-metrics-off":
             env[METRICS_KNOB[0]] = METRICS_KNOB[1]
         proc = self.procs.start(slug, argv, sut=True, env=env,
-                                cwd=ROOT if system == "passthrough" else source)
+                                cwd=ROOT if system in ("passthrough", "floor") else source)
         try:
             url = f"http://127.0.0.1:{port}/v1/assign"
-            if system == "passthrough":
+            if system in ("passthrough", "floor"):
                 wait_port(port, proc, timeout_s=300)
             else:
                 wait_http_ok(f"http://127.0.0.1:{port}/readyz", proc, timeout_s=300)
@@ -202,8 +203,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=1)
     p.add_argument("--repeat", type=int, default=1, help="runs per version (shows spread)")
     args = p.parse_args(argv)
-    if args.ref and args.system == "passthrough":
-        p.error("--ref compares gateway code; the passthrough has no other version")
+    if args.ref and args.system in ("passthrough", "floor"):
+        p.error(f"--ref compares gateway code; the {args.system} has no other version")
     return args
 
 

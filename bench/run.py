@@ -337,7 +337,9 @@ def count_instructions(args: argparse.Namespace, workdir: Path) -> dict[str, Any
         return {"skipped": "--instructions 0"}
     if not instructions.available():
         return {"skipped": "valgrind is not installed"}
-    systems = ["passthrough", "gateway"] + ([] if args.skip_redis else ["gateway-redis"])
+    # The floor (bench.floor): what the contract alone costs on this stack, so the
+    # report can say how much of the gateway's distance to the bar any design must keep.
+    systems = ["passthrough", "floor", "gateway"] + ([] if args.skip_redis else ["gateway-redis"])
     systems += [] if args.skip_metrics_off else ["gateway-metrics-off"]
     log(f"counting instructions per request under callgrind ({args.instructions} requests "
         "per system, 1 connection)")

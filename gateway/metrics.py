@@ -57,6 +57,8 @@ UPSTREAM_STATUSES = frozenset({
 RETRY_REASONS = frozenset({"449", "429", "5xx", "timeout", "connect"})
 CACHE_RESULTS = ("hit", "miss")
 OPERATION_STATUSES = ("queued", "running", "succeeded", "failed", "superseded")
+#: The most (provider, operation, status) triples ``Metrics.exchange`` keeps resolved.
+_EXCHANGE_PAIRS = 1024
 
 
 class LoopValue:
@@ -180,6 +182,7 @@ class Metrics:
         self.build_info.labels(VERSION).set(1)
         self._children: dict[tuple[object, ...], Any] = {}
         self._requests: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._exchanges: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.routes: frozenset[str] = ROUTES
 
     def add_routes(self, routes: Iterable[str]) -> None:
@@ -213,8 +216,16 @@ class Metrics:
         return pair
 
     def exchange(self, provider: str, operation: str, status: str, seconds: float) -> None:
-        self.child(self.upstream, provider, operation, upstream_status(status)).inc()
-        self.child(self.upstream_duration, provider, operation).observe(seconds)
+        # As ``request``: one look-up for both children once the triple was seen.
+        pair = self._exchanges.get((provider, operation, status))
+        if pair is None:
+            pair = (self.child(self.upstream, provider, operation, upstream_status(status)),
+                    self.child(self.upstream_duration, provider, operation))
+            if len(self._exchanges) >= _EXCHANGE_PAIRS:
+                self._exchanges.clear()  # statuses are numbers: kept bounded all the same
+            self._exchanges[(provider, operation, status)] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     def cache(self, kind: str, result: str) -> None:
         if (id(self.translation_cache), kind, result) not in self._children:

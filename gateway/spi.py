@@ -230,7 +230,11 @@ def encode_segment(value: str) -> str:
     characters are refused outright, since servers and URL libraries
     normalize them into other paths.
     """
-    if value in _DOT_SEGMENTS or _CONTROL.search(value):
+    if value in _DOT_SEGMENTS:
+        raise InvalidRequest("identifier cannot be used in a path")
+    if _KEPT.fullmatch(value):
+        return value  # nothing to encode (most segments): quote() would return it as is
+    if _CONTROL.search(value):
         raise InvalidRequest("identifier cannot be used in a path")
     # ":" and "@" are legal in a segment (RFC 3986 pchar) and keep Aelyst's
     # "email:a@b.c" readable; "+" is not kept, since some servers read it as a space.
@@ -238,6 +242,8 @@ def encode_segment(value: str) -> str:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: What ``quote(value, safe=":@")`` leaves as it is: RFC 3986 unreserved, ":" and "@".
+_KEPT = re.compile(r"[A-Za-z0-9_.~:@-]+")
 
 
 def encode_path(*segments: str) -> str:

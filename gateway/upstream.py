@@ -22,6 +22,7 @@ from cachetools import TTLCache
 from yarl import URL
 
 from gateway.config import ProviderConfig
+from gateway.deadline import deadline
 from gateway.errors import (
     AssigneeNotFound,
     ContactNotFound,
@@ -182,9 +183,9 @@ class ProviderClient:
             base = self._json_headers
         headers = {**base, **extra_headers} if extra_headers else base
         try:
-            # asyncio.timeout bounds the whole exchange; aiohttp's own timers would be
-            # a second, redundant set per request (_NO_TIMEOUT turns them off).
-            async with asyncio.timeout(timeout_s):
+            # One timer bounds the whole exchange; aiohttp's own timers would be a
+            # second, redundant set per request (_NO_TIMEOUT turns them off).
+            with deadline(timeout_s):
                 async with self.session.request(
                     request.method, self.url(request), params=request.query or None,
                     data=data, headers=headers, allow_redirects=False, timeout=_NO_TIMEOUT,

@@ -1,0 +1,224 @@
+"""The floor: the least work the v1 contract asks per assign, on the passthrough's stack.
+
+Not the gateway and not a candidate for it: a yardstick. One handler does, inline
+and with no layer between, only what ``POST /v1/assign`` must do on every request
+whatever the design (DESIGN.md, "The canonical HTTP API"):
+
+- a request id (the client's ``X-Request-ID`` when plain, else a new one), sent
+  upstream and back;
+- the client authenticated by the SHA-256 of its bearer key, its tenant checked;
+- the client's token bucket (GCRA) spent, and ``RateLimit-*`` headers on the answer;
+- the body validated by the gateway's own pydantic model (``gateway.models``);
+- the Aelyst request built (each path segment encoded, the JSON body) and the
+  provider's bucket spent;
+- one exchange bounded by a timeout, the answer's JSON checked for ``contactId``;
+- the canonical result (an operation id) as JSON;
+- the four request and exchange metrics (prometheus_client children, as the
+  gateway records them) and one JSON access line, written once per loop turn;
+- the operation kept in a bounded map (``GET /v1/operations/{id}`` needs it).
+
+Everything else the gateway does is left out: idempotency keys, per-contact
+ordering, retries and queued work, directory look-ups, reload and drain, error
+mapping beyond a 4xx/5xx, other providers. So a real gateway costs at least this;
+``bench.instructions --system floor`` counts it next to the passthrough.
+
+    python -m bench.floor --port 9002 --upstream http://127.0.0.1:9000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import hashlib
+import os
+import re
+import sys
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+import uvloop
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import ValidationError
+
+from bench.load import CLIENT_KEY
+from gateway.metrics import use_loop_values
+from gateway.models import AssignRequest
+
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+UPSTREAM = web.AppKey("upstream", str)
+_RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_AELYST_ID = re.compile(r"[0-9]{1,18}")  # Aelyst's contact and user ids are integers
+RATE, BURST = 1_000_000.0, 1_000_000  # as bench.run configures the gateway: never refuses
+US = 1_000_000
+
+
+class Bucket:
+    """GCRA in integer microseconds, one ``tat`` per key (gateway.ratelimit.gcra's rule)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.interval = max(1, int(US / rate))
+        self.tau = self.interval * (burst - 1)
+        self.burst = burst
+        self.tats: dict[str, int] = {}
+
+    def take(self, key: str, now: int) -> tuple[bool, int, int]:
+        tat = self.tats.get(key, now)
+        t = tat if tat > now else now
+        if t - self.tau > now:
+            return False, 0, t - now
+        t += self.interval
+        self.tats[key] = t
+        return True, (now + self.tau + self.interval - t) // self.interval, t - now
+
+
+class State:
+    def __init__(self) -> None:
+        self.clients = {hashlib.sha256(CLIENT_KEY.encode()).hexdigest():
+                        ("bench", frozenset({"bench", "bench-slow"}))}
+        self.client_bucket = Bucket(RATE, BURST)
+        self.provider_bucket = Bucket(RATE, BURST)
+        self.ops: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        use_loop_values()
+        r = CollectorRegistry(auto_describe=False)
+        requests = Counter("gateway_requests_total", "", ["route", "code"], registry=r)
+        duration = Histogram("gateway_request_duration_seconds", "", ["route"], registry=r)
+        upstream = Counter("gateway_upstream_requests_total", "",
+                           ["provider", "operation", "status"], registry=r)
+        updur = Histogram("gateway_upstream_duration_seconds", "", ["provider", "operation"],
+                          registry=r)
+        self.m_ok = requests.labels("/v1/assign", "ok")
+        self.m_dur = duration.labels("/v1/assign")
+        self.m_up = upstream.labels("fast", "assign", "200")
+        self.m_updur = updur.labels("fast", "assign")
+        self.lines: list[bytes] = []
+        self.page = b""
+
+    def new_id(self, n: int) -> str:
+        if len(self.page) < n:
+            self.page = os.urandom(4096)
+        out, self.page = self.page[:n], self.page[n:]
+        return out.hex()
+
+    def log(self, line: bytes) -> None:
+        if not self.lines:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.lines.append(line)
+
+    def flush(self) -> None:
+        lines, self.lines = self.lines, []
+        sys.stdout.buffer.write(b"".join(lines))
+        sys.stdout.buffer.flush()
+
+
+STATE = web.AppKey("state", State)
+
+
+def problem(status: int, code: str, rid: str) -> web.Response:
+    return web.Response(body=orjson.dumps({"code": code, "status": status}), status=status,
+                        headers={"X-Request-ID": rid}, content_type="application/problem+json")
+
+
+async def assign(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    rid = request.headers.get("X-Request-ID", "")
+    if not (rid and _RID.match(rid)):
+        rid = st.new_id(8)
+    auth = request.headers.get("Authorization", "")
+    client = st.clients.get(hashlib.sha256(auth[7:].encode()).hexdigest()) \
+        if auth.startswith("Bearer ") else None
+    if client is None:
+        return problem(401, "unauthenticated", rid)
+    now = int(time.monotonic() * US)
+    ok, remaining, reset = st.client_bucket.take(client[0], now)
+    if not ok:
+        return problem(429, "rate_limited", rid)
+    try:
+        body = AssignRequest.model_validate_json(await request.read())
+    except ValidationError:
+        return problem(400, "invalid_request", rid)
+    if body.tenant not in client[1]:
+        return problem(403, "forbidden", rid)
+    if (body.contact.id is None or body.assignee.id is None
+            or not _AELYST_ID.fullmatch(body.contact.id)
+            or not _AELYST_ID.fullmatch(body.assignee.id)):
+        return problem(400, "invalid_identifier", rid)
+    path = "/contact/" + quote("id:" + body.contact.id, safe="") + "/conversation/assignee"
+    payload = orjson.dumps({"assignee": int(body.assignee.id)})
+    if not st.provider_bucket.take("fast:account", now)[0]:
+        return problem(429, "rate_limited", rid)
+    t0 = loop.time()
+    try:
+        async with asyncio.timeout(5):
+            async with request.app[SESSION].post(
+                request.app[UPSTREAM] + path, data=payload,
+                headers={"Authorization": "Bearer bench-token", "User-Agent": "floor/1",
+                         "Content-Type": "application/json", "X-Request-ID": rid},
+            ) as resp:
+                status, raw = resp.status, await resp.read()
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return problem(502, "upstream_unavailable", rid)
+    st.m_up.inc()
+    st.m_updur.observe(loop.time() - t0)
+    answer = orjson.loads(raw) if status == 200 else None
+    if not isinstance(answer, dict) or type(answer.get("contactId")) is not int:
+        return problem(502, "upstream_error", rid)
+    op_id = "op_" + st.new_id(12)
+    out = orjson.dumps({
+        "status": "assigned", "operation_id": op_id, "tenant": body.tenant,
+        "provider": "aelyst", "contact": {"id": body.contact.id,
+                                          "provider_id": str(answer["contactId"])},
+        "assignee": {"provider_id": body.assignee.id}, "attempts": 1})
+    st.ops[op_id] = out
+    if len(st.ops) > 100_000:
+        st.ops.popitem(last=False)
+    duration = loop.time() - start
+    st.m_ok.inc()
+    st.m_dur.observe(duration)
+    st.log(orjson.dumps({"request_id": rid, "method": "POST", "route": "/v1/assign",
+                         "status": 200, "code": "ok", "client": client[0],
+                         "tenant": body.tenant, "operation_id": op_id,
+                         "duration_ms": round(duration * 1000, 3)}) + b"\n")
+    return web.Response(body=out, content_type="application/json", headers={
+        "X-Request-ID": rid, "RateLimit-Limit": str(BURST),
+        "RateLimit-Remaining": str(remaining), "RateLimit-Reset": str(-(-reset // US))})
+
+
+def create_app(upstream: str) -> web.Application:
+    app = web.Application()
+    app[UPSTREAM] = upstream.rstrip("/") + "/v1"
+    app[STATE] = State()
+
+    async def session(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+        app[SESSION] = aiohttp.ClientSession(connector=connector,
+                                             cookie_jar=aiohttp.DummyCookieJar())
+        yield
+        await app[SESSION].close()
+
+    app.cleanup_ctx.append(session)
+    app.router.add_post("/v1/assign", assign)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True)
+    args = parser.parse_args()
+    print(f"floor ready on {args.host}:{args.port} -> {args.upstream}", file=sys.stderr,
+          flush=True)
+    web.run_app(create_app(args.upstream), host=args.host, port=args.port,
+                access_log=None, print=None, loop=uvloop.new_event_loop())
+
+
+if __name__ == "__main__":
+    main()
