@@ -13,10 +13,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import orjson
-
 from gateway.errors import GatewayError
-from gateway.service import Plan, attempt
+from gateway.service import Plan, attempt, contact_dict
 from gateway.spi import UpstreamRequest, UpstreamResponse
 from gateway.upstream import Call, ProviderClient
 
@@ -66,7 +64,7 @@ async def dry_run(plan: Plan, pc: ProviderClient, call: Call) -> dict[str, Any]:
             "tenant": plan.tenant,
             "provider": pc.config.type,
             "provider_name": pc.name,
-            "contact": orjson.loads(plan.contact.model_dump_json(exclude={"provider_id"})),
+            "contact": contact_dict(plan.contact, None),
             "would_send": describe(c.request, pc),
         }
     raise GatewayError("the adapter finished without a write to show")

@@ -52,8 +52,15 @@ def normalize_email(value: str, field: str) -> Email:
     return Email(value.lower())
 
 
+#: Adapters' id patterns, compiled once: a handful, fixed by the adapters' code.
+_ID_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
 def check_provider_id(value: str, pattern: str, field: str, provider_type: str) -> str:
     """A provider's own id, checked against the format the adapter declares."""
-    if not re.fullmatch(pattern, value) or value.strip(".") == "":
+    compiled = _ID_PATTERNS.get(pattern)
+    if compiled is None:
+        compiled = _ID_PATTERNS[pattern] = re.compile(pattern)
+    if not compiled.fullmatch(value) or value.strip(".") == "":
         raise _invalid(field, f"not a {provider_type} id")
     return value

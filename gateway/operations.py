@@ -47,7 +47,7 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.models import ContactOut, OperationView, Problem, Result
-from gateway.service import Plan, contact_dict
+from gateway.service import ContactEcho, Plan, contact_dict
 from gateway.spi import (
     AssignCommand,
     AssigneeRef,
@@ -110,7 +110,8 @@ def plan_to_dict(p: Plan) -> dict[str, Any]:
     orjson writes it as ``dataclasses.asdict`` would, without asdict's deep copy."""
     return {"operation": p.operation, "client": p.client, "tenant": p.tenant,
             "provider": p.provider, "command": p.command,
-            "contact": contact_dict(p.contact, p.contact.provider_id)}
+            # provider_id "": the field ContactOut requires, as records always held it.
+            "contact": contact_dict(p.contact, "")}
 
 
 def plan_from_dict(d: dict[str, Any]) -> Plan:
@@ -123,8 +124,9 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
                                 c["campaign_id"], c["assigned_by"])
     else:
         command = UnassignCommand(tenant, contact, c["campaign_id"], c["assigned_by"])
+    echo = ContactOut.model_validate(d["contact"])  # a stored record is checked as read
     return Plan(d["operation"], d["client"], d["tenant"], d["provider"], command,
-                ContactOut.model_validate(d["contact"]))
+                ContactEcho(echo.phone, echo.email, echo.id))
 
 
 @dataclass

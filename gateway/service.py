@@ -26,7 +26,6 @@ from gateway.models import (
     AssigneeIn,
     AssignRequest,
     ContactIn,
-    ContactOut,
     UnassignRequest,
 )
 from gateway.spi import (
@@ -45,6 +44,17 @@ from gateway.values import value_class
 
 
 @value_class
+class ContactEcho:
+    """The contact as the client named it, normalized: one of the three is set. It is
+    echoed in the result (``ContactOut`` with the provider's id); a plain value, since
+    a pydantic model built per request cost more than the rest of the plan."""
+
+    phone: str | None = None
+    email: str | None = None
+    id: str | None = None
+
+
+@value_class
 class Plan:
     """A request the gateway has accepted for a provider, ready to run (or queue)."""
 
@@ -53,7 +63,7 @@ class Plan:
     tenant: str
     provider: str  # configured provider name
     command: AssignCommand | UnassignCommand
-    contact: ContactOut  # the canonical contact, echoed in the result
+    contact: ContactEcho  # the canonical contact, echoed in the result
 
 
 def resolve_tenant(config: Config, client: ClientSpec, requested: str | None) -> str:
@@ -82,7 +92,7 @@ def _check_capabilities(caps: Capabilities, provider_type: str, operation: Opera
 
 
 def _contact(c: ContactIn, tenant: TenantSpec, caps: Capabilities,
-             provider_type: str) -> tuple[ContactRef, ContactOut]:
+             provider_type: str) -> tuple[ContactRef, ContactEcho]:
     kind = "phone" if c.phone is not None else "email" if c.email is not None else "id"
     if kind not in caps.contact_kinds:
         raise UntranslatableIdentifier(
@@ -90,13 +100,13 @@ def _contact(c: ContactIn, tenant: TenantSpec, caps: Capabilities,
             f"{', '.join(caps.contact_kinds)}", provider=provider_type)
     if c.phone is not None:
         phone = normalize_phone(c.phone, tenant.default_region)
-        return ContactRef("phone", phone), ContactOut(phone=phone, provider_id="")
+        return ContactRef("phone", phone), ContactEcho(phone=phone)
     if c.email is not None:
         email = normalize_email(c.email, "contact.email")
-        return ContactRef("email", email), ContactOut(email=email, provider_id="")
+        return ContactRef("email", email), ContactEcho(email=email)
     assert c.id is not None
     cid = check_provider_id(c.id, caps.contact_id_pattern, "contact.id", provider_type)
-    return ContactRef("id", cid), ContactOut(id=cid, provider_id="")
+    return ContactRef("id", cid), ContactEcho(id=cid)
 
 
 def _assignee(a: AssigneeIn, caps: Capabilities, provider_type: str, provider: str,
@@ -171,11 +181,13 @@ class Done:
         return cast(int, self.body["attempts"])
 
 
-def contact_dict(c: ContactOut, provider_id: str) -> dict[str, Any]:
-    """``c.model_dump(mode="json")`` with ``provider_id`` set, built directly."""
+def contact_dict(c: ContactEcho, provider_id: str | None) -> dict[str, Any]:
+    """``ContactOut``'s JSON for ``c`` and ``provider_id``, built directly (None: the
+    contact alone, as a dry run shows it)."""
     out: dict[str, Any] = {k: v for k, v in (("phone", c.phone), ("email", c.email),
                                               ("id", c.id)) if v is not None}
-    out["provider_id"] = provider_id
+    if provider_id is not None:
+        out["provider_id"] = provider_id
     return out
 
 

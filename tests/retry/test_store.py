@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway import redis_keys
-from gateway.models import ContactOut
 from gateway.operations import MemoryStore, OperationStore, OpRecord
 from gateway.opstore_redis import DegradingStore, RedisStore
 from gateway.redis_conn import REDIS_ERRORS, connect
-from gateway.service import Plan
+from gateway.service import ContactEcho, Plan
 from gateway.spi import AssignCommand, AssigneeRef, ContactRef, TenantContext, UnassignCommand
 from tests.redis_server import RedisServer
 
@@ -27,7 +26,7 @@ def _rec(op_id: str, assignee: str | None = "17", contact: str = "3") -> OpRecor
     command = (AssignCommand(tenant, ref, AssigneeRef("id", assignee)) if assignee
                else UnassignCommand(tenant, ref))
     plan = Plan("assign" if assignee else "unassign", "app", "t-aelyst", "aelyst-sb", command,
-                ContactOut(id=contact, provider_id=""))
+                ContactEcho(id=contact))
     now = time.time()
     return OpRecord(op_id, plan, "rid", now, now + 60)
 
