@@ -359,9 +359,11 @@ class MemoryStore:
 
     def _holders(self, contact: str) -> tuple[str, dict[str, float]] | None:
         entry = self.locks.pop(contact, None)
+        if entry is None:
+            return None
         now = self.clock()
-        live = {} if entry is None else {k: v for k, v in entry[1].items() if v > now}
-        if entry is None or not live:
+        live = {k: v for k, v in entry[1].items() if v > now}
+        if not live:
             return None
         self.locks[contact] = (entry[0], live)
         return self.locks[contact]
@@ -437,9 +439,13 @@ class MemoryStore:
         return await self.begin(rec, hold_s)
 
     def unlock(self, rec: OpRecord) -> None:
-        held = self._holders(rec.contact)
-        if held is not None and held[1].pop(rec.id, None) is not None and not held[1]:
-            del self.locks[rec.contact]
+        contact = rec.contact
+        entry = self.locks.get(contact)
+        if entry is None or entry[1].pop(rec.id, None) is None:
+            return
+        # The last holder gone, or only expired ones left (_holders drops those): free.
+        if not entry[1] or self._holders(contact) is None:
+            self.locks.pop(contact, None)
 
     async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
                    unlock: bool = True, withdraw: bool = False) -> bool:
