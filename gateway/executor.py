@@ -337,7 +337,7 @@ class Executor:
         if rec.final:
             await self.queue.save(rec, due=None, lease=lease)
             return
-        # Pinned as a request is (see lifecycle_middleware): a reload closes a replaced
+        # Pinned as a request is (see LifecycleGuard): a reload closes a replaced
         # provider's session only once nothing of its runtime is in flight.
         rt = self.app[RUNTIME]
         rt.enter()

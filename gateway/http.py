@@ -11,7 +11,7 @@ import asyncio
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from aiohttp import web
@@ -38,6 +38,24 @@ CLIENT_CLOSED_STATUS = 499
 BODY_TIMEOUT_S = 10.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 M = TypeVar("M", bound=BaseModel)
+
+
+class RequestGuard(Protocol):
+    """Work around every handler, run by :func:`problem_middleware` itself: a second
+    aiohttp middleware would cost a coroutine layer (and its partial) per request."""
+
+    def enter(self, request: web.Request, route: str) -> object:
+        """Before the handler; raise a :class:`GatewayError` to refuse the request.
+        What it returns is given to :meth:`leave`."""
+        ...
+
+    def leave(self, entered: object) -> None:
+        """After the handler, however it ended (only when :meth:`enter` returned)."""
+        ...
+
+
+#: The app's guard, if any (the lifecycle installs one: drain and runtime pinning).
+GUARD = web.AppKey("request_guard", RequestGuard)
 
 
 def dumps(obj: Any) -> bytes:
@@ -113,7 +131,15 @@ async def _answer(request: web.Request,
                   rec: logs.AccessRecord) -> web.StreamResponse:
     try:
         try:
-            resp = await handler(request)
+            guard = request.app.get(GUARD)
+            if guard is None:
+                resp = await handler(request)
+            else:
+                entered = guard.enter(request, rec.route)
+                try:
+                    resp = await handler(request)
+                finally:
+                    guard.leave(entered)
         except web.HTTPException as e:
             if e.status < 400:
                 rec.status = e.status  # a redirect: aiohttp sends it as it is

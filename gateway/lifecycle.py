@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -25,6 +24,7 @@ from aiohttp import web
 from gateway.auth import ClientAuth
 from gateway.config import Config, ConfigError, load_config
 from gateway.errors import Forbidden, InvalidRequest, ShuttingDown
+from gateway.http import GUARD
 from gateway.runtime import METRICS, RUNTIME, SERVICES, Runtime, build_providers, close_providers
 
 log = logging.getLogger("gateway")
@@ -121,24 +121,27 @@ class Lifecycle:
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 PINNED = web.RequestKey("runtime", Runtime)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def lifecycle_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse new work while draining; pin the request to the runtime it started with."""
-    lc = request.app[LIFECYCLE]
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else ""
-    if lc.draining and route not in _ALWAYS:
-        raise ShuttingDown("this replica is shutting down; retry on another", retry_after=1)
-    runtime = request.app[RUNTIME]
-    request[PINNED] = runtime
-    runtime.enter()
-    try:
-        return await handler(request)
-    finally:
-        runtime.leave()
+class LifecycleGuard:
+    """The :class:`~gateway.http.RequestGuard` of the app: refuse new work while
+    draining; pin the request to the runtime it started with (and count it there)."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.lifecycle = lifecycle
+
+    def enter(self, request: web.Request, route: str) -> Runtime:
+        if self.lifecycle.draining and route not in _ALWAYS:
+            raise ShuttingDown("this replica is shutting down; retry on another",
+                               retry_after=1)
+        runtime = request.app[RUNTIME]
+        request[PINNED] = runtime
+        runtime.enter()
+        return runtime
+
+    def leave(self, entered: object) -> None:
+        assert isinstance(entered, Runtime)
+        entered.leave()
 
 
 def runtime_of(request: web.Request) -> Runtime:
@@ -160,7 +163,7 @@ async def admin_reload(request: web.Request) -> web.Response:
 
 def setup_lifecycle(app: web.Application, config_path: str | Path | None) -> None:
     app[LIFECYCLE] = Lifecycle(app, None if config_path is None else str(config_path))
-    app.middlewares.append(lifecycle_middleware)
+    app[GUARD] = LifecycleGuard(app[LIFECYCLE])
 
     async def closing(app: web.Application) -> None:
         await app[LIFECYCLE].close()
