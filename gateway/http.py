@@ -110,7 +110,7 @@ async def problem_middleware(
     loop = asyncio.get_running_loop()
     start = loop.time()
     try:
-        resp = await _answer(request, handler, rec)
+        resp = await _answer(request, handler, rec, request.app.get(GUARD))
         resp.headers["X-Request-ID"] = rid
         ratelimit_headers(request, resp)
         rec.status = resp.status
@@ -128,10 +128,10 @@ async def problem_middleware(
 
 async def _answer(request: web.Request,
                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                  rec: logs.AccessRecord) -> web.StreamResponse:
+                  rec: logs.AccessRecord,
+                  guard: RequestGuard | None = None) -> web.StreamResponse:
     try:
         try:
-            guard = request.app.get(GUARD)
             if guard is None:
                 resp = await handler(request)
             else:

@@ -12,7 +12,9 @@ these names are in ``deploy/grafana`` and ``deploy/prometheus``.
 
 from __future__ import annotations
 
+import math
 import os
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -100,6 +102,50 @@ def use_loop_values() -> None:
         prometheus_values.ValueClass = LoopValue
 
 
+class Pair:
+    """A counter child and a histogram child recorded together (a request, an exchange),
+    or a histogram child alone (``counter`` None).
+
+    With :class:`LoopValue` values the hot path writes them directly: one bisect
+    instead of the library's ~nine calls (``inc`` and ``observe`` each check the
+    child, then increment through the value), the same arithmetic
+    (``Histogram.observe`` counts ``amount`` in the first bucket whose bound is
+    ``>=`` it). ``tests/observability/test_metrics.py`` holds the two to the same
+    ``/metrics`` text. Children whose values are anything else (multiprocess mode,
+    a library that changed its internals) go through the public methods.
+    """
+
+    __slots__ = ("bounds", "buckets", "count", "counter", "fast", "histogram", "sum")
+
+    def __init__(self, counter: Any, histogram: Any) -> None:
+        self.counter, self.histogram = counter, histogram
+        value = None if counter is None else getattr(counter, "_value", None)
+        total = getattr(histogram, "_sum", None)
+        buckets = getattr(histogram, "_buckets", None)
+        bounds = getattr(histogram, "_upper_bounds", None)
+        self.count = value if isinstance(value, LoopValue) else None
+        self.sum = total if isinstance(total, LoopValue) else None
+        self.buckets: list[LoopValue] = buckets if isinstance(buckets, list) else []
+        self.bounds: list[float] = bounds if isinstance(bounds, list) else []
+        self.fast = ((counter is None or self.count is not None) and self.sum is not None
+                     and len(self.buckets) == len(self.bounds) > 0
+                     and self.bounds[-1] == math.inf
+                     and all(isinstance(b, LoopValue) for b in self.buckets))
+
+    def record(self, seconds: float) -> None:
+        """One increment of the counter (if any) and one observation of ``seconds``."""
+        total = self.sum
+        if not self.fast or total is None or seconds != seconds:  # NaN: as the library
+            if self.counter is not None:
+                self.counter.inc()
+            self.histogram.observe(seconds)
+            return
+        if self.count is not None:
+            self.count._value += 1.0
+        total._value += seconds
+        self.buckets[bisect_left(self.bounds, seconds)]._value += 1.0
+
+
 def upstream_status(status: str) -> str:
     """The label for an upstream status: exact when listed, else its class (``"418"`` -> 4xx)."""
     if status in UPSTREAM_STATUSES or status in STATUS_CLASSES:
@@ -181,8 +227,9 @@ class Metrics:
                                 registry=r)
         self.build_info.labels(VERSION).set(1)
         self._children: dict[tuple[object, ...], Any] = {}
-        self._requests: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._exchanges: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._requests: dict[tuple[str, str], Pair] = {}
+        self._exchanges: dict[tuple[str, str, str], Pair] = {}
+        self._waits: dict[str, Pair] = {}  # configured provider names: a closed set
         self.routes: frozenset[str] = ROUTES
 
     def add_routes(self, routes: Iterable[str]) -> None:
@@ -202,14 +249,13 @@ class Metrics:
         pair = self._requests.get((route, code))
         if pair is None:
             pair = self._request_children(route, code)
-        pair[0].inc()
-        pair[1].observe(seconds)
+        pair.record(seconds)
 
-    def _request_children(self, route: str, code: str) -> tuple[Any, Any]:
+    def _request_children(self, route: str, code: str) -> Pair:
         label_route = route if route in self.routes else "other"
         label_code = code if code in RESULT_CODES else "internal_error"
-        pair = (self.child(self.requests, label_route, label_code),
-                self.child(self.request_duration, label_route))
+        pair = Pair(self.child(self.requests, label_route, label_code),
+                    self.child(self.request_duration, label_route))
         if route in self.routes and code in RESULT_CODES:
             # Only closed-set keys are cached, so the cache cannot grow with request data.
             self._requests[(route, code)] = pair
@@ -219,13 +265,18 @@ class Metrics:
         # As ``request``: one look-up for both children once the triple was seen.
         pair = self._exchanges.get((provider, operation, status))
         if pair is None:
-            pair = (self.child(self.upstream, provider, operation, upstream_status(status)),
-                    self.child(self.upstream_duration, provider, operation))
+            pair = Pair(self.child(self.upstream, provider, operation, upstream_status(status)),
+                        self.child(self.upstream_duration, provider, operation))
             if len(self._exchanges) >= _EXCHANGE_PAIRS:
                 self._exchanges.clear()  # statuses are numbers: kept bounded all the same
             self._exchanges[(provider, operation, status)] = pair
-        pair[0].inc()
-        pair[1].observe(seconds)
+        pair.record(seconds)
+
+    def ratelimit_waited(self, provider: str, seconds: float) -> None:
+        pair = self._waits.get(provider)
+        if pair is None:
+            pair = self._waits[provider] = Pair(None, self.child(self.ratelimit_wait, provider))
+        pair.record(seconds)
 
     def cache(self, kind: str, result: str) -> None:
         if (id(self.translation_cache), kind, result) not in self._children:
@@ -268,6 +319,9 @@ class NullMetrics(Metrics):
         return None
 
     def exchange(self, provider: str, operation: str, status: str, seconds: float) -> None:
+        return None
+
+    def ratelimit_waited(self, provider: str, seconds: float) -> None:
         return None
 
     def cache(self, kind: str, result: str) -> None:

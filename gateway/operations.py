@@ -378,14 +378,15 @@ class MemoryStore:
             self.pending = {k: v for k, v in self.pending.items() if v > t}
         self.pending[rec.id] = self.clock() + pending_s
         rec.pending = True
-        prev = self.latest.get(rec.contact)
+        contact = rec.contact
+        prev = self.latest.get(contact)
         intent = rec.intent
         # The same intent right after: the same run, so the same token.
         if prev is not None and prev[1].partition("|")[0] == intent:
             rec.order = prev[1]
         else:
             rec.order = f"{intent}|{rec.id}"
-        self.latest[rec.contact] = (rec.id, rec.order)
+        self.latest[contact] = (rec.id, rec.order)
         rec.replaced = prev
 
     def _replaced(self, rec: OpRecord, withdraw: bool) -> None:
@@ -413,7 +414,8 @@ class MemoryStore:
             self.latest[contact] = prev
 
     async def begin(self, rec: OpRecord, hold_s: float) -> Begin:
-        latest = self.latest.get(rec.contact)
+        contact = rec.contact
+        latest = self.latest.get(contact)
         token = rec.token
         if latest is not None and latest[0] != rec.id and latest[1] != token:
             if self.pending.get(latest[0], 0.0) <= self.clock():
@@ -425,12 +427,12 @@ class MemoryStore:
             if not rec.timed_out:
                 self.unlock(rec)
             return "busy"
-        held = self._holders(rec.contact)
+        held = self._holders(contact)
         if held is not None and held[0] != token:
             return "busy"
         holders = {} if held is None else held[1]
         holders[rec.id] = self.clock() + hold_s
-        self.locks[rec.contact] = (token, holders)
+        self.locks[contact] = (token, holders)
         return "ok"
 
     async def accept_begin(self, rec: OpRecord, now: float, hold_s: float,

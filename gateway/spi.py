@@ -248,7 +248,9 @@ _KEPT = re.compile(r"[A-Za-z0-9_.~:@-]+")
 
 def encode_path(*segments: str) -> str:
     """Join literal path parts and encoded identifiers: ``encode_path("contact", x)``."""
-    return "/" + "/".join(encode_segment(s) for s in segments)
+    # Plain segments (literal parts, most identifiers) skip the call: see encode_segment.
+    return "/" + "/".join([s if s not in _DOT_SEGMENTS and _KEPT.fullmatch(s)
+                           else encode_segment(s) for s in segments])
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

@@ -134,6 +134,7 @@ class ProviderClient:
                  session: aiohttp.ClientSession, cache: LookupCache,
                  observer: UpstreamObserver | None = None) -> None:
         self.config = config
+        self.name = config.name  # read on every exchange: an attribute, not a property
         self.adapter = adapter
         self.session = session
         self.cache = cache
@@ -142,10 +143,6 @@ class ProviderClient:
         self._headers = {**adapter.auth_headers(), "User-Agent": "assignment-gateway/1"}
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._urls: dict[str, URL] = {}  # path -> URL, built once per path (bounded)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
 
     def url(self, request: UpstreamRequest) -> URL:
         # encoded=True: the adapter already encoded each segment; yarl must not

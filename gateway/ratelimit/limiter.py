@@ -29,6 +29,7 @@ from gateway.config import ClientSpec, LimiterSpec
 from gateway.errors import RateLimited
 from gateway.metrics import Metrics
 from gateway.ratelimit.gcra import Bucket, Decision
+from gateway.ratelimit.memory import MemoryBackend
 from gateway.ratelimit.shared import Backend
 from gateway.spi import UpstreamRequest, UpstreamResponse
 from gateway.upstream import ProviderClient
@@ -85,6 +86,8 @@ class Limiter:
                  *, clock: Clock, sleep: Sleep = asyncio.sleep) -> None:
         self.backend, self.metrics, self.policy = backend, metrics, policy
         self._clock, self._sleep = clock, sleep
+        # In-process buckets answer without yielding: called directly, no coroutine each.
+        self._reserve_now = backend.reserve_now if isinstance(backend, MemoryBackend) else None
         # Scopes are pure functions of configuration objects (and, for path scope, of
         # the method and path): built once and kept. An entry remembers the objects it
         # was built from and is used only while they are the very same ones, so a
@@ -134,7 +137,9 @@ class Limiter:
         """Spend one token of the client's own bucket, or raise ``RateLimited``."""
         scope = self._client_scope(client)
         if scope is not None:
-            decision = await self.backend.reserve(scope.key, scope.bucket, 0.0)
+            now = self._reserve_now
+            decision = (now(scope.key, scope.bucket, 0.0) if now is not None
+                        else await self.backend.reserve(scope.key, scope.bucket, 0.0))
             self._note(scope, decision)
             if not decision.allowed:
                 self._refuse(scope, decision, "this client's request budget is spent")
@@ -142,16 +147,18 @@ class Limiter:
     async def before(self, client: ProviderClient, request: UpstreamRequest,
                      deadline: float) -> None:
         scope = self.provider_scope(client, request)
+        now = self._reserve_now
         for _ in range(MAX_RESERVES):
             left = deadline - self._clock() - EXCHANGE_RESERVE_S
-            decision = await self.backend.reserve(scope.key, scope.bucket,
-                                                  max(0.0, min(scope.max_wait_s, left)))
+            wait = scope.max_wait_s if scope.max_wait_s < left else left
+            wait = wait if wait > 0.0 else 0.0
+            decision = (now(scope.key, scope.bucket, wait) if now is not None
+                        else await self.backend.reserve(scope.key, scope.bucket, wait))
             self._note(scope, decision)
             if not decision.allowed:
                 self._refuse(scope, decision, "the provider's rate limit has no slot for "
                              "this request within its wait budget", client.config.type)
-            self.metrics.child(self.metrics.ratelimit_wait, client.name).observe(
-                decision.wait_s)
+            self.metrics.ratelimit_waited(client.name, decision.wait_s)
             if decision.wait_s <= 0:
                 return
             await self._sleep(decision.wait_s)

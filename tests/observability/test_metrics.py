@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.metrics import Metrics, upstream_status
@@ -81,3 +82,30 @@ def test_adapters_import_nothing_from_the_metrics() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 assert not name.startswith(("gateway.metrics", "prometheus_client")), path
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.0001, 0.00010001, 0.003, 1, 2.5, 29.9, 30, 31, 1e9])
+def test_the_direct_recording_writes_what_the_library_would(seconds: float) -> None:
+    """Metrics.request, .exchange and .ratelimit_waited write LoopValues directly (Pair); the /metrics text
+    must be the one prometheus_client's own inc() and observe() give, on every bucket
+    edge (a bound itself counts in its bucket) and past the last one."""
+    fast, slow = Metrics(), Metrics()
+    for _ in range(3):
+        fast.request("/v1/assign", "ok", seconds)
+        fast.exchange("aelyst-main", "assign", "200", seconds)
+        fast.ratelimit_waited("aelyst-main", seconds)
+        slow.child(slow.requests, "/v1/assign", "ok").inc()
+        slow.child(slow.request_duration, "/v1/assign").observe(seconds)
+        slow.child(slow.upstream, "aelyst-main", "assign", "200").inc()
+        slow.child(slow.upstream_duration, "aelyst-main", "assign").observe(seconds)
+        slow.child(slow.ratelimit_wait, "aelyst-main").observe(seconds)
+    assert fast._requests[("/v1/assign", "ok")].fast  # the direct path ran
+    assert fast.render() == slow.render()
+
+
+def test_values_the_direct_path_cannot_take_go_through_the_library() -> None:
+    m = Metrics()
+    m.request("/v1/assign", "ok", float("nan"))  # prometheus_client counts no bucket
+    text = m.render().decode()
+    assert 'gateway_requests_total{code="ok",route="/v1/assign"} 1.0' in text
+    assert 'gateway_request_duration_seconds_count{route="/v1/assign"} 0.0' in text
