@@ -125,8 +125,7 @@ class Executor:
         return max(spans, default=0.0) + LOCK_MARGIN_S + LEASE_MARGIN_S
 
     def _count(self, status: str) -> None:
-        metrics = self.app[METRICS]
-        metrics.child(metrics.operations_total, status).inc()
+        self.app[METRICS].operation_reached(status)
 
     async def _guard(self, aw: Awaitable[T]) -> T:
         try:

@@ -65,7 +65,9 @@ async def _dry_run(request: web.Request, rt: Runtime, client: ClientSpec,
 
 
 def _prefers_async(request: web.Request) -> bool:
-    prefs = request.headers.getall("Prefer", [])
+    prefs = request.headers.getall("Prefer", ())
+    if not prefs:
+        return False
     return any(p.split("=")[0].strip().lower() == "respond-async"
                for value in prefs for p in value.replace(";", ",").split(","))
 

@@ -112,17 +112,24 @@ def annotate(*, client: str | None = None, tenant: str | None = None,
 
 def annotate_plan(plan: Plan) -> None:
     """What a write request resolved to, before anything is sent."""
+    rec = _CURRENT.get()
+    if rec is None:
+        return
     c = plan.contact
-    annotate(tenant=plan.tenant, provider=plan.provider, operation=plan.operation,
-             contact=mask_contact(phone=c.phone, email=c.email, id=c.id))
+    rec.tenant, rec.provider, rec.operation = plan.tenant, plan.provider, plan.operation
+    rec.contact = mask_contact(phone=c.phone, email=c.email, id=c.id)
 
 
 def annotate_result(result: object) -> None:
     """The operation id and attempts of an answer (Done for a 200, Queued for a 202)."""
+    rec = _CURRENT.get()
+    if rec is None:
+        return
     if isinstance(result, Done):
-        annotate(operation_id=result.operation_id, attempts=result.attempts)
+        body = result.body  # Done.operation_id and .attempts read these two
+        rec.operation_id, rec.attempts = body["operation_id"], body["attempts"]
     elif isinstance(result, Queued):
-        annotate(operation_id=result.operation_id)
+        rec.operation_id = result.operation_id
 
 
 _LEVELS = {"internal_error": logging.ERROR, "client_closed": logging.DEBUG}

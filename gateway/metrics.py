@@ -230,6 +230,7 @@ class Metrics:
         self._requests: dict[tuple[str, str], Pair] = {}
         self._exchanges: dict[tuple[str, str, str], Pair] = {}
         self._waits: dict[str, Pair] = {}  # configured provider names: a closed set
+        self._op_values: dict[str, LoopValue] = {}
         self.routes: frozenset[str] = ROUTES
 
     def add_routes(self, routes: Iterable[str]) -> None:
@@ -271,6 +272,18 @@ class Metrics:
                 self._exchanges.clear()  # statuses are numbers: kept bounded all the same
             self._exchanges[(provider, operation, status)] = pair
         pair.record(seconds)
+
+    def operation_reached(self, status: str) -> None:
+        """``gateway_operations_total{status}`` (statuses: a closed set)."""
+        value = self._op_values.get(status)
+        if value is None:
+            child = self.child(self.operations_total, status)
+            found = getattr(child, "_value", None)
+            if not isinstance(found, LoopValue):
+                child.inc()
+                return
+            value = self._op_values[status] = found
+        value._value += 1.0
 
     def ratelimit_waited(self, provider: str, seconds: float) -> None:
         pair = self._waits.get(provider)
@@ -322,6 +335,9 @@ class NullMetrics(Metrics):
         return None
 
     def ratelimit_waited(self, provider: str, seconds: float) -> None:
+        return None
+
+    def operation_reached(self, status: str) -> None:
         return None
 
     def cache(self, kind: str, result: str) -> None:

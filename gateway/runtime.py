@@ -40,8 +40,9 @@ class Runtime:
         self._idle.set()
 
     def enter(self) -> None:
+        if not self.inflight:
+            self._idle.clear()
         self.inflight += 1
-        self._idle.clear()
 
     def leave(self) -> None:
         self.inflight -= 1

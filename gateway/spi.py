@@ -26,6 +26,8 @@ from datetime import UTC
 from typing import Any, ClassVar, Literal, NewType, Protocol, TypeVar
 from urllib.parse import quote
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from gateway.errors import InvalidRequest
 from gateway.values import value_class
 
@@ -220,6 +222,7 @@ class Adapter(Protocol):
 
 
 _DOT_SEGMENTS = frozenset({"", ".", ".."})
+_CI_HEADERS = (CIMultiDictProxy, CIMultiDict)
 
 
 def encode_segment(value: str) -> str:
@@ -259,6 +262,8 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
     The gateway hands adapters aiohttp's case-insensitive headers, but tests
     and fakes use plain dicts, so the match must not rely on either.
     """
+    if isinstance(headers, _CI_HEADERS):
+        return headers.get(name)  # aiohttp's own: case-insensitive already, one call
     wanted = name.lower()
     for key, value in headers.items():
         if key.lower() == wanted:

@@ -64,7 +64,14 @@ class Budget:
     seen: list[tuple[Bucket, Decision]] = field(default_factory=list)
 
     def tightest(self) -> tuple[Bucket, Decision] | None:
-        return min(self.seen, key=lambda s: (s[1].remaining, -s[1].reset_s), default=None)
+        """The fewest remaining, then the longest to reset; the first seen on a tie
+        (as ``min`` would pick it, without a key call per bucket)."""
+        best: tuple[Bucket, Decision] | None = None
+        for seen in self.seen:
+            if best is None or (seen[1].remaining, -seen[1].reset_s) < (
+                    best[1].remaining, -best[1].reset_s):
+                best = seen
+        return best
 
 
 #: The current request's budget; set by the HTTP layer, copied into child tasks.
