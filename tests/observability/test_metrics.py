@@ -86,9 +86,9 @@ def test_adapters_import_nothing_from_the_metrics() -> None:
 
 @pytest.mark.parametrize("seconds", [0.0, 0.0001, 0.00010001, 0.003, 1, 2.5, 29.9, 30, 31, 1e9])
 def test_the_direct_recording_writes_what_the_library_would(seconds: float) -> None:
-    """Metrics.request, .exchange and .ratelimit_waited write LoopValues directly (Pair); the /metrics text
-    must be the one prometheus_client's own inc() and observe() give, on every bucket
-    edge (a bound itself counts in its bucket) and past the last one."""
+    """Metrics.request, .exchange and .ratelimit_waited write LoopValues directly (Pair);
+    the /metrics text must be the one prometheus_client's own inc() and observe() give,
+    on every bucket edge (a bound itself counts in its bucket) and past the last one."""
     fast, slow = Metrics(), Metrics()
     for _ in range(3):
         fast.request("/v1/assign", "ok", seconds)

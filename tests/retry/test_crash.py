@@ -138,11 +138,20 @@ async def test_sigkill_mid_work_loses_nothing(
             ops = await _submit_all(session, [victim.url, survivor.url])
             accepted_at = loop.time()
             token = _worker_token(victim)
-            await _until_leased(redis_server.url, token, 3)  # attempts in flight there
+            # Killed mid-attempt: frozen (SIGSTOP) where its leases are counted, so none
+            # is released between the count and the kill; between two waves of attempts
+            # (449s put each operation back for a while) it runs on and is caught later.
+            orphaned = 0
+            for _ in range(20):  # bounded: each round waits at most 5 s for leases
+                await _until_leased(redis_server.url, token, 3)  # attempts in flight there
+                victim.signal(signal.SIGSTOP)
+                orphaned = await _leases(redis_server.url, token)
+                if orphaned:
+                    break
+                victim.signal(signal.SIGCONT)
             victim.signal(signal.SIGKILL)
             await victim.wait(10)
             killed_at = loop.time()
-            orphaned = await _leases(redis_server.url, token)
             kit.faults.clear()  # the sandbox clears
             final = await _poll_final(session, survivor.url, list(ops), timeout_s=150)
         done_at = loop.time()
