@@ -35,7 +35,6 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
@@ -46,11 +45,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
 from bench.load import CLIENT_KEY
+from bench.passthrough import SESSION, UPSTREAM, shared_session
 from gateway.metrics import use_loop_values
 from gateway.models import AssignRequest
 
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-UPSTREAM = web.AppKey("upstream", str)
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _AELYST_ID = re.compile(r"[0-9]{1,18}")  # Aelyst's contact and user ids are integers
 RATE, BURST = 1_000_000.0, 1_000_000  # as bench.run configures the gateway: never refuses
@@ -194,15 +192,7 @@ def create_app(upstream: str) -> web.Application:
     app = web.Application()
     app[UPSTREAM] = upstream.rstrip("/") + "/v1"
     app[STATE] = State()
-
-    async def session(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-        app[SESSION] = aiohttp.ClientSession(connector=connector,
-                                             cookie_jar=aiohttp.DummyCookieJar())
-        yield
-        await app[SESSION].close()
-
-    app.cleanup_ctx.append(session)
+    app.cleanup_ctx.append(shared_session)  # the passthrough's, as it sets it up
     app.router.add_post("/v1/assign", assign)
     return app
 

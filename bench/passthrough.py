@@ -30,18 +30,19 @@ async def forward(request: web.Request) -> web.Response:
         return web.Response(body=payload, status=resp.status, content_type="application/json")
 
 
+async def shared_session(app: web.Application) -> AsyncIterator[None]:
+    """``app[SESSION]``: one session, an unbounded pool, no cookies (a cleanup ctx)."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    app[SESSION] = aiohttp.ClientSession(connector=connector,
+                                         cookie_jar=aiohttp.DummyCookieJar())
+    yield
+    await app[SESSION].close()
+
+
 def create_app(upstream: str) -> web.Application:
     app = web.Application()
     app[UPSTREAM] = upstream.rstrip("/")
-
-    async def session(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-        app[SESSION] = aiohttp.ClientSession(connector=connector,
-                                             cookie_jar=aiohttp.DummyCookieJar())
-        yield
-        await app[SESSION].close()
-
-    app.cleanup_ctx.append(session)
+    app.cleanup_ctx.append(shared_session)
     app.router.add_post("/{tail:.*}", forward)
     return app
 
