@@ -122,7 +122,6 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 PINNED = web.RequestKey("runtime", Runtime)
 
 
-
 class LifecycleGuard:
     """The :class:`~gateway.http.RequestGuard` of the app: refuse new work while
     draining; pin the request to the runtime it started with (and count it there)."""

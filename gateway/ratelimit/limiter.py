@@ -144,8 +144,8 @@ class Limiter:
         """Spend one token of the client's own bucket, or raise ``RateLimited``."""
         scope = self._client_scope(client)
         if scope is not None:
-            now = self._reserve_now
-            decision = (now(scope.key, scope.bucket, 0.0) if now is not None
+            reserve_now = self._reserve_now
+            decision = (reserve_now(scope.key, scope.bucket, 0.0) if reserve_now is not None
                         else await self.backend.reserve(scope.key, scope.bucket, 0.0))
             self._note(scope, decision)
             if not decision.allowed:
@@ -154,12 +154,12 @@ class Limiter:
     async def before(self, client: ProviderClient, request: UpstreamRequest,
                      deadline: float) -> None:
         scope = self.provider_scope(client, request)
-        now = self._reserve_now
+        reserve_now = self._reserve_now
         for _ in range(MAX_RESERVES):
             left = deadline - self._clock() - EXCHANGE_RESERVE_S
             wait = scope.max_wait_s if scope.max_wait_s < left else left
             wait = wait if wait > 0.0 else 0.0
-            decision = (now(scope.key, scope.bucket, wait) if now is not None
+            decision = (reserve_now(scope.key, scope.bucket, wait) if reserve_now is not None
                         else await self.backend.reserve(scope.key, scope.bucket, wait))
             self._note(scope, decision)
             if not decision.allowed:
