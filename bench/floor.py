@@ -7,14 +7,15 @@ whatever the design (DESIGN.md, "The canonical HTTP API"):
 - a request id (the client's ``X-Request-ID`` when plain, else a new one), sent
   upstream and back;
 - the client authenticated by the SHA-256 of its bearer key, its tenant checked;
-- the client's token bucket (GCRA) spent, and ``RateLimit-*`` headers on the answer;
+- the client's token bucket spent (the gateway's own in-process GCRA), and
+  ``RateLimit-*`` headers on the answer;
 - the body validated by the gateway's own pydantic model (``gateway.models``);
 - the Aelyst request built (each path segment encoded, the JSON body) and the
   provider's bucket spent;
 - one exchange bounded by a timeout, the answer's JSON checked for ``contactId``;
 - the canonical result (an operation id) as JSON;
-- the four request and exchange metrics (prometheus_client children, as the
-  gateway records them) and one JSON access line, written once per loop turn;
+- the four request and exchange metrics and one JSON access line, through the
+  gateway's own ``Metrics`` and ``LineWriter`` (a write per loop turn);
 - the operation kept in a bounded map (``GET /v1/operations/{id}`` needs it).
 
 Everything else the gateway does is left out: idempotency keys, per-contact
@@ -31,7 +32,7 @@ import argparse
 import asyncio
 import collections
 import hashlib
-import os
+import math
 import re
 import sys
 import time
@@ -41,76 +42,33 @@ import aiohttp
 import orjson
 import uvloop
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
 from bench.load import CLIENT_KEY
 from bench.passthrough import SESSION, UPSTREAM, shared_session
-from gateway.metrics import use_loop_values
+from gateway import ids
+from gateway.deadline import deadline
+from gateway.logs import LineWriter
+from gateway.metrics import Metrics
 from gateway.models import AssignRequest
+from gateway.ratelimit.gcra import Bucket
+from gateway.ratelimit.memory import MemoryBackend
 
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _AELYST_ID = re.compile(r"[0-9]{1,18}")  # Aelyst's contact and user ids are integers
 RATE, BURST = 1_000_000.0, 1_000_000  # as bench.run configures the gateway: never refuses
-US = 1_000_000
-
-
-class Bucket:
-    """GCRA in integer microseconds, one ``tat`` per key (gateway.ratelimit.gcra's rule)."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.interval = max(1, int(US / rate))
-        self.tau = self.interval * (burst - 1)
-        self.burst = burst
-        self.tats: dict[str, int] = {}
-
-    def take(self, key: str, now: int) -> tuple[bool, int, int]:
-        tat = self.tats.get(key, now)
-        t = tat if tat > now else now
-        if t - self.tau > now:
-            return False, 0, t - now
-        t += self.interval
-        self.tats[key] = t
-        return True, (now + self.tau + self.interval - t) // self.interval, t - now
 
 
 class State:
     def __init__(self) -> None:
         self.clients = {hashlib.sha256(CLIENT_KEY.encode()).hexdigest():
                         ("bench", frozenset({"bench", "bench-slow"}))}
-        self.client_bucket = Bucket(RATE, BURST)
-        self.provider_bucket = Bucket(RATE, BURST)
+        # The gateway's own in-process buckets (GCRA), one for the client, one for Aelyst.
+        self.buckets = MemoryBackend(time.monotonic)
+        self.bucket = Bucket.of(RATE, BURST)
         self.ops: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        use_loop_values()
-        r = CollectorRegistry(auto_describe=False)
-        requests = Counter("gateway_requests_total", "", ["route", "code"], registry=r)
-        duration = Histogram("gateway_request_duration_seconds", "", ["route"], registry=r)
-        upstream = Counter("gateway_upstream_requests_total", "",
-                           ["provider", "operation", "status"], registry=r)
-        updur = Histogram("gateway_upstream_duration_seconds", "", ["provider", "operation"],
-                          registry=r)
-        self.m_ok = requests.labels("/v1/assign", "ok")
-        self.m_dur = duration.labels("/v1/assign")
-        self.m_up = upstream.labels("fast", "assign", "200")
-        self.m_updur = updur.labels("fast", "assign")
-        self.lines: list[bytes] = []
-        self.page = b""
-
-    def new_id(self, n: int) -> str:
-        if len(self.page) < n:
-            self.page = os.urandom(4096)
-        out, self.page = self.page[:n], self.page[n:]
-        return out.hex()
-
-    def log(self, line: bytes) -> None:
-        if not self.lines:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self.lines.append(line)
-
-    def flush(self) -> None:
-        lines, self.lines = self.lines, []
-        sys.stdout.buffer.write(b"".join(lines))
-        sys.stdout.buffer.flush()
+        self.metrics = Metrics()  # the gateway's families, recorded as the gateway does
+        self.access = LineWriter(sys.stdout.fileno())  # the gateway's: a write per turn
 
 
 STATE = web.AppKey("state", State)
@@ -127,15 +85,14 @@ async def assign(request: web.Request) -> web.Response:
     start = loop.time()
     rid = request.headers.get("X-Request-ID", "")
     if not (rid and _RID.match(rid)):
-        rid = st.new_id(8)
+        rid = ids.token_hex(8)
     auth = request.headers.get("Authorization", "")
     client = st.clients.get(hashlib.sha256(auth[7:].encode()).hexdigest()) \
         if auth.startswith("Bearer ") else None
     if client is None:
         return problem(401, "unauthenticated", rid)
-    now = int(time.monotonic() * US)
-    ok, remaining, reset = st.client_bucket.take(client[0], now)
-    if not ok:
+    spent = st.buckets.reserve_now("client:" + client[0], st.bucket, 0.0)
+    if not spent.allowed:
         return problem(429, "rate_limited", rid)
     try:
         body = AssignRequest.model_validate_json(await request.read())
@@ -149,11 +106,11 @@ async def assign(request: web.Request) -> web.Response:
         return problem(400, "invalid_identifier", rid)
     path = "/contact/" + quote("id:" + body.contact.id, safe="") + "/conversation/assignee"
     payload = orjson.dumps({"assignee": int(body.assignee.id)})
-    if not st.provider_bucket.take("fast:account", now)[0]:
+    if not st.buckets.reserve_now("fast:account", st.bucket, 0.0).allowed:
         return problem(429, "rate_limited", rid)
     t0 = loop.time()
     try:
-        async with asyncio.timeout(5):
+        with deadline(5):  # the gateway's timer on each exchange
             async with request.app[SESSION].post(
                 request.app[UPSTREAM] + path, data=payload,
                 headers={"Authorization": "Bearer bench-token", "User-Agent": "floor/1",
@@ -162,12 +119,11 @@ async def assign(request: web.Request) -> web.Response:
                 status, raw = resp.status, await resp.read()
     except (TimeoutError, aiohttp.ClientError, OSError):
         return problem(502, "upstream_unavailable", rid)
-    st.m_up.inc()
-    st.m_updur.observe(loop.time() - t0)
+    st.metrics.exchange("fast", "assign", str(status), loop.time() - t0)
     answer = orjson.loads(raw) if status == 200 else None
     if not isinstance(answer, dict) or type(answer.get("contactId")) is not int:
         return problem(502, "upstream_error", rid)
-    op_id = "op_" + st.new_id(12)
+    op_id = ids.operation_id()
     out = orjson.dumps({
         "status": "assigned", "operation_id": op_id, "tenant": body.tenant,
         "provider": "aelyst", "contact": {"id": body.contact.id,
@@ -177,15 +133,15 @@ async def assign(request: web.Request) -> web.Response:
     if len(st.ops) > 100_000:
         st.ops.popitem(last=False)
     duration = loop.time() - start
-    st.m_ok.inc()
-    st.m_dur.observe(duration)
-    st.log(orjson.dumps({"request_id": rid, "method": "POST", "route": "/v1/assign",
+    st.metrics.request("/v1/assign", "ok", duration)
+    st.access.write(orjson.dumps({"request_id": rid, "method": "POST", "route": "/v1/assign",
                          "status": 200, "code": "ok", "client": client[0],
                          "tenant": body.tenant, "operation_id": op_id,
-                         "duration_ms": round(duration * 1000, 3)}) + b"\n")
+                         "duration_ms": round(duration * 1000, 3)}))
     return web.Response(body=out, content_type="application/json", headers={
         "X-Request-ID": rid, "RateLimit-Limit": str(BURST),
-        "RateLimit-Remaining": str(remaining), "RateLimit-Reset": str(-(-reset // US))})
+        "RateLimit-Remaining": str(spent.remaining),
+        "RateLimit-Reset": str(math.ceil(spent.reset_s))})
 
 
 def create_app(upstream: str) -> web.Application:

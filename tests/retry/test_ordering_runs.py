@@ -27,7 +27,7 @@ from tests.retry.helpers import (
     retry_config,
     wait_final,
 )
-from tests.retry.test_store import _add, _rec, store  # noqa: F401  (the two-backend fixture)
+from tests.retry.test_store import _add, _queue, _rec, store  # noqa: F401  (the two-backend fixture)
 
 # -- runs: one intent for every add, one run until another intent comes ----------
 
@@ -39,8 +39,7 @@ async def test_an_add_older_than_a_replace_is_not_revived_by_a_newer_add(
     add has one intent, B's pointer makes A look "not superseded" again."""
     now = time.time()
     a = _add("op_a", "17")
-    await store.accept(a, now)
-    await store.save(a, due=now + 3600)
+    await _queue(store, a, now)
     r = _rec("op_r", "19")
     assert await store.accept_begin(r, now, 5) == "ok"
     r.status = "succeeded"
@@ -129,8 +128,7 @@ async def test_two_refused_newer_requests_both_withdraw(store: OperationStore) -
     superseded by B, a request that never happened."""
     now = time.time()
     a, b, c = _rec("op_a"), _rec("op_b", "18"), _rec("op_c", "19")
-    await store.accept(a, now)
-    await store.save(a, due=now + 3600)
+    await _queue(store, a, now)
     assert await store.accept_begin(b, now, 5) == "ok"
     assert await store.accept_begin(c, now, 5) == "busy"  # B holds the contact
     b.status = "failed"

@@ -18,7 +18,7 @@ from tests.conftest import Sandbox
 from tests.redis_server import RedisServer
 from tests.retry.helpers import gateway, post, retry_config, wait_final
 from tests.retry.test_ordering import _applied, _assign, _until_sent
-from tests.retry.test_store import _add, _rec, store  # noqa: F401  (the two-backend fixture)
+from tests.retry.test_store import _add, _queue, _rec, store  # noqa: F401  (the two-backend fixture)
 
 # -- 1. an older request between its retries and a newer pending one wait for each other
 
@@ -68,8 +68,7 @@ async def test_an_add_is_not_superseded_by_a_newer_add_when_the_request_between_
     ... still runs"). A ends superseded and agent 17 is never added."""
     now = time.time()
     a = _add("op_a", "17")
-    await store.accept(a, now)
-    await store.save(a, due=now + 3600)
+    await _queue(store, a, now)
     r = _rec("op_r", "19")
     assert await store.accept_begin(r, now, 5) == "ok"
     c = _add("op_c", "18")

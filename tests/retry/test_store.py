@@ -93,6 +93,12 @@ async def test_a_newer_intent_supersedes_and_the_same_intent_shares(
     assert await store.begin(other_contact, 5) == "ok"
 
 
+async def _queue(store: OperationStore, rec: OpRecord, now: float) -> None:
+    """Accepted, then saved as queued for an hour: an operation waiting its turn."""
+    await store.accept(rec, now)
+    await store.save(rec, due=now + 3600)
+
+
 def _add(op_id: str, assignee: str, assigned_by: str | None = None) -> OpRecord:
     rec = _rec(op_id, assignee)
     cmd = rec.plan.command
@@ -108,15 +114,13 @@ async def test_adds_commute_so_they_share_the_contact_and_never_supersede(
     now = time.time()
     a, b = _add("op_a", "17"), _add("op_b", "18", assigned_by="someone")
     assert a.intent == b.intent
-    await store.accept(a, now)
-    await store.save(a, due=now + 3600)
+    await _queue(store, a, now)
     await store.accept(b, now)  # a newer add: the older one stays queued, not made due
     assert await store.claim(now, 10, LEASE_S, "w") == []
     assert await store.begin(b, 5) == "ok"
     assert await store.begin(a, 5) == "ok"  # not superseded, and runs beside b
     replace = _rec("op_r", "19")
-    await store.accept(replace, now)
-    await store.save(replace, due=now + 3600)
+    await _queue(store, replace, now)
     assert await store.begin(replace, 5) == "busy"  # a replace still waits for the adds
     assert await store.begin(a, 5) == "superseded"  # and supersedes them
     assert await store.begin(b, 5) == "superseded"
@@ -125,8 +129,7 @@ async def test_adds_commute_so_they_share_the_contact_and_never_supersede(
 async def test_a_newer_intent_makes_the_older_due_now_once_saved(store: OperationStore) -> None:
     now = time.time()
     old = _rec("op_old")
-    await store.accept(old, now)
-    await store.save(old, due=now + 3600)
+    await _queue(store, old, now)
     assert await store.claim(now, 10, LEASE_S, "w") == []
     new = _rec("op_new", assignee="18")
     await store.accept(new, now)
@@ -145,8 +148,7 @@ async def test_a_withdrawn_operation_gives_the_contact_back_to_the_one_it_replac
     first exchange): A is the newest again, due when it was, and runs."""
     now = time.time()
     a, b = _rec("op_a"), _rec("op_b", assignee="18")
-    await store.accept(a, now)
-    await store.save(a, due=now + 3600)
+    await _queue(store, a, now)
     assert await store.accept_begin(b, now, 5) == "ok"
     assert b.replaced == ("op_a", a.token)
     b.status = "failed"
@@ -160,11 +162,9 @@ async def test_a_withdrawn_operation_gives_the_contact_back_to_the_one_it_replac
 async def test_a_withdrawal_leaves_a_newer_operation_standing(store: OperationStore) -> None:
     now = time.time()
     a, b, c = _rec("op_a"), _rec("op_b", assignee="18"), _rec("op_c", assignee="19")
-    await store.accept(a, now)
-    await store.save(a, due=now + 3600)
+    await _queue(store, a, now)
     await store.accept(b, now)
-    await store.accept(c, now)  # newer than b: b's withdrawal must not undo it
-    await store.save(c, due=now + 3600)
+    await _queue(store, c, now)  # newer than b: b's withdrawal must not undo it
     b.status = "failed"
     await store.save(b, due=None, withdraw=True)
     assert await store.begin(a, 5) == "superseded"
@@ -183,8 +183,7 @@ async def test_a_pending_operation_never_saved_settles_when_its_pending_time_end
     B's pending time ends, then ends superseded as before."""
     now = time.time()
     a, b = _rec("op_a"), _rec("op_b", assignee="18")
-    await store.accept(a, now)
-    await store.save(a, due=now + 3600)
+    await _queue(store, a, now)
     await store.accept(b, now, pending_s=LEASE_S)
     assert await store.begin(a, 5) == "busy"
     await asyncio.sleep(LEASE_S + 0.1)
