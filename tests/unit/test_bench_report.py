@@ -1,0 +1,82 @@
+"""The metrics bar of ``make bench`` read from side-by-side pairs (bench.report)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from bench.load import Run
+from bench.report import METRICS_AB, bars, metrics_ab
+
+
+def _run(system: str, phase: str, round_: int, rps: float, connections: int = 64) -> Run:
+    return Run(system=system, phase=phase, round=round_, connections=connections,
+               duration_s=2.0, requests=int(rps * 2), rps=rps, p50_ms=1.0, p90_ms=1.0,
+               p99_ms=1.0, p999_ms=1.0, mean_ms=1.0, max_ms=1.0, errors={}, cpu_s=None,
+               cpu_us_per_req=None, core_util=None, core_other_util=None,
+               extra_cpu_us_per_req={})
+
+
+def _pairs(*pairs: tuple[float, float]) -> list[Run]:
+    runs = []
+    for n, (on, off) in enumerate(pairs, start=1):
+        runs += [_run("gateway", METRICS_AB, n, on),
+                 _run("gateway-metrics-off", METRICS_AB, n, off)]
+    return runs
+
+
+def test_cost_is_the_median_over_pairs_with_its_quartiles() -> None:
+    # Costs per pair: 1 - on/off = 0.10, 0.02, -0.05, 0.04, 0.00.
+    ab = metrics_ab(_pairs((900, 1000), (980, 1000), (1050, 1000), (960, 1000),
+                           (1000, 1000)), 64)
+    assert ab is not None
+    assert ab["pairs"] == 5
+    assert ab["median"] == pytest.approx(0.02)
+    assert ab["q1"] == pytest.approx(0.0)
+    assert ab["q3"] == pytest.approx(0.04)
+    assert ab["costs"] == pytest.approx([-0.05, 0.0, 0.02, 0.04, 0.10])
+
+
+def test_a_pair_with_one_half_missing_and_other_phases_do_not_count() -> None:
+    runs = _pairs((900, 1000), (990, 1000))
+    runs.append(_run("gateway", METRICS_AB, 3, 500))  # its metrics-off half never ran
+    runs += [_run("gateway", "main", 1, 100), _run("gateway-metrics-off", "main", 1, 1000)]
+    runs.append(_run("gateway", METRICS_AB, 1, 10, connections=1))  # another conn count
+    ab = metrics_ab(runs, 64)
+    assert ab is not None
+    assert ab["pairs"] == 2
+    assert ab["median"] == pytest.approx((0.10 + 0.01) / 2)
+
+
+def test_no_pairs_is_none() -> None:
+    assert metrics_ab([_run("gateway", "main", 1, 100)], 64) is None
+
+
+def _args() -> argparse.Namespace:
+    return argparse.Namespace(connections=[64], slow_connections=256, slow_delay_ms=20.0)
+
+
+def _metrics_bar(runs: list[Run]) -> dict[str, object]:
+    found = [b for b in bars(runs, {}, _args()) if "on/off throughput" in str(b["bar"])]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_the_bar_reads_the_pairs_and_keeps_the_rounds_figure_in_its_detail() -> None:
+    # The rounds alone say 20% (a noisy host); the pairs say 1%.
+    runs = [_run("gateway", "main", 1, 800), _run("gateway-metrics-off", "main", 1, 1000)]
+    runs += _pairs((990, 1000), (1000, 1010), (980, 990))
+    bar = _metrics_bar(runs)
+    assert "3 side-by-side pairs" in str(bar["bar"])
+    assert bar["value"] == pytest.approx(0.0101, abs=1e-3)
+    assert bar["result"] == "pass"
+    assert "from the rounds alone 20.0%" in str(bar["detail"])
+
+
+def test_without_pairs_the_bar_reads_the_rounds() -> None:
+    bar = _metrics_bar([_run("gateway", "main", 1, 800),
+                        _run("gateway-metrics-off", "main", 1, 1000)])
+    assert bar["bar"] == "metrics cost (1 - on/off throughput, 64 conns)"
+    assert bar["value"] == pytest.approx(0.20)
+    assert bar["result"] == "falls short"
