@@ -16,7 +16,10 @@ whatever the design (DESIGN.md, "The canonical HTTP API"):
 - the canonical result (an operation id) as JSON;
 - the four request and exchange metrics and one JSON access line, through the
   gateway's own ``Metrics`` and ``LineWriter`` (a write per loop turn);
-- the operation kept in a bounded map (``GET /v1/operations/{id}`` needs it).
+- the operation kept in a bounded map (``GET /v1/operations/{id}`` needs it), as
+  many as the gateway keeps in process.
+
+It serves with the gateway's garbage-collector settings (``gateway.cli.tune_gc``).
 
 Everything else the gateway does is left out: idempotency keys, per-contact
 ordering, retries and queued work, directory look-ups, reload and drain, error
@@ -47,10 +50,12 @@ from pydantic import ValidationError
 from bench.load import CLIENT_KEY
 from bench.passthrough import SESSION, UPSTREAM, shared_session
 from gateway import ids
+from gateway.cli import tune_gc
 from gateway.deadline import deadline
 from gateway.logs import LineWriter
 from gateway.metrics import Metrics
 from gateway.models import AssignRequest
+from gateway.operations import MEMORY_FINALS
 from gateway.ratelimit.gcra import Bucket
 from gateway.ratelimit.memory import MemoryBackend
 
@@ -130,7 +135,7 @@ async def assign(request: web.Request) -> web.Response:
                                           "provider_id": str(answer["contactId"])},
         "assignee": {"provider_id": body.assignee.id}, "attempts": 1})
     st.ops[op_id] = out
-    if len(st.ops) > 100_000:
+    if len(st.ops) > MEMORY_FINALS:  # as many as the gateway keeps in process
         st.ops.popitem(last=False)
     duration = loop.time() - start
     st.metrics.request("/v1/assign", "ok", duration)
@@ -150,7 +155,12 @@ def create_app(upstream: str) -> web.Application:
     app[STATE] = State()
     app.cleanup_ctx.append(shared_session)  # the passthrough's, as it sets it up
     app.router.add_post("/v1/assign", assign)
+    app.on_startup.append(_tune_gc)
     return app
+
+
+async def _tune_gc(app: web.Application) -> None:
+    tune_gc()  # the gateway's collector settings: it serves with them
 
 
 def main() -> None:

@@ -16,10 +16,13 @@ from bench.load import Run
 
 #: The phase in which the gateway runs with metrics on and off in alternating pairs.
 METRICS_AB = "metrics-ab"
-SYSTEMS = ("direct", "passthrough", "gateway", "gateway-redis", "gateway-metrics-off")
+SYSTEMS = ("direct", "passthrough", "floor", "gateway", "gateway-redis", "gateway-metrics-off")
 DESCRIBE = {
     "direct": "wrk straight at the fake upstream: no proxy at all",
     "passthrough": "bare aiohttp passthrough, one shared session, no parsing (the limit)",
+    "floor": "the least work the v1 contract asks per assign, inline on the passthrough's "
+             "stack with the gateway's own pieces (bench/floor.py): a yardstick, not a "
+             "gateway",
     "gateway": "the gateway, in-process state (redis_url: null)",
     "gateway-redis": "the gateway, Redis state (limiter, operations, locks in Redis)",
     "gateway-metrics-off": "the gateway, in-process, with GATEWAY_METRICS=off",
@@ -131,12 +134,22 @@ def _details(runs: list[Run], args: argparse.Namespace) -> dict[str, str]:
     def add(phase: str, system: str, c: int, key: str) -> str:
         return _f(per_round(runs, phase, c, system, "direct", _added(key)), "{:+.2f}")
 
+    def floor(f: Callable[[Run, Run], float | None], what: str, key: str,
+              unit: str = "") -> str:
+        ratio = per_round(runs, "main", int(top), "floor", "passthrough", f)
+        if ratio is None:
+            return ""
+        return (f"; {what.format(v('main', 'floor', top, key))}, {ratio:.2f}{unit} the "
+                "passthrough's (the least the contract asks, bench/floor.py)")
+
     offered = args.slow_connections / args.slow_delay_ms * 1000
     return {
         "tput": f"gateway {v('main', 'gateway', top, 'rps')} req/s, passthrough "
-                f"{v('main', 'passthrough', top, 'rps')} req/s",
+                f"{v('main', 'passthrough', top, 'rps')} req/s" + floor(
+                    _ratio_rps, "the floor {} req/s", "rps"),
         "cpu": f"gateway {v('main', 'gateway', top, 'cpu_us_per_req')} us of CPU per "
-               f"request, passthrough {v('main', 'passthrough', top, 'cpu_us_per_req')} us",
+               f"request, passthrough {v('main', 'passthrough', top, 'cpu_us_per_req')} us"
+               + floor(_ratio_cpu, "the floor {} us", "cpu_us_per_req", "x"),
         "redis": f"gateway-redis {v('main', 'gateway-redis', top, 'rps')} req/s, "
                  f"{v('main', 'gateway-redis', top, 'cpu_us_per_req')} us of CPU per request "
                  f"(+ {v('main', 'gateway-redis', top, 'redis_cpu_us_per_req')} us in Redis)",
@@ -252,6 +265,8 @@ def build(meta: dict[str, Any], runs: list[Run], args: argparse.Namespace) -> di
                                            _ratio_rps),
             "gateway_metrics_off_rps": per_round(runs, "main", c, "gateway-metrics-off",
                                                  "passthrough", _ratio_rps),
+            "floor_rps": per_round(runs, "main", c, "floor", "passthrough", _ratio_rps),
+            "floor_cpu": per_round(runs, "main", c, "floor", "passthrough", _ratio_cpu),
             "gateway_cpu": per_round(runs, "main", c, "gateway", "passthrough", _ratio_cpu),
             "gateway_redis_cpu": per_round(runs, "main", c, "gateway-redis", "passthrough",
                                            _ratio_cpu),
@@ -443,12 +458,13 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{total:.1f} ({parts})."]
     out += ["", "### Ratios to the passthrough (median of per-round ratios)", "",
             "| conns | gateway req/s | gateway-redis req/s | gateway-metrics-off req/s | "
-            "gateway CPU/req | gateway-redis CPU/req |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "floor req/s | gateway CPU/req | gateway-redis CPU/req | floor CPU/req |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c, r in results["ratios_vs_passthrough"].items():
         out.append(f"| {c} | {_f(r['gateway_rps'])} | {_f(r['gateway_redis_rps'])} | "
-                   f"{_f(r['gateway_metrics_off_rps'])} | {_f(r['gateway_cpu'])} | "
-                   f"{_f(r['gateway_redis_cpu'])} |")
+                   f"{_f(r['gateway_metrics_off_rps'])} | {_f(r.get('floor_rps'))} | "
+                   f"{_f(r['gateway_cpu'])} | {_f(r['gateway_redis_cpu'])} | "
+                   f"{_f(r.get('floor_cpu'))} |")
     out += ["", *_instructions_section(meta.get("instructions", {}))]
     out += ["", "### Added latency over a direct call, one connection (ms)", "",
             "| system | p50 | p99 |", "| --- | ---: | ---: |"]

@@ -108,6 +108,16 @@ class Bench:
             tenant = "bench-slow" if table is self.slow_targets else "bench"
             table["passthrough"] = Target("passthrough", f"http://127.0.0.1:{port}/v1/assign",
                                           tenant=tenant, pid=p.pid)
+        if not self.args.skip_floor:
+            # The floor (bench.floor) under the same load: what the contract alone costs
+            # in the bars' own terms, throughput and CPU time. Fast upstream only.
+            port = free_port()
+            p = self.procs.start("floor", [self.py, "-m", "bench.floor", "--port", str(port),
+                                           "--upstream", f"http://127.0.0.1:{self.fast}"],
+                                 sut=True)
+            wait_port(port, p)
+            self.targets["floor"] = Target("floor", f"http://127.0.0.1:{port}/v1/assign",
+                                           pid=p.pid)
         self._start_gateway("gateway", None, {})
         if not self.args.skip_redis:
             self._start_redis()
@@ -324,6 +334,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "saturated throughput)")
     p.add_argument("--skip-redis", action="store_true")
     p.add_argument("--skip-metrics-off", action="store_true")
+    p.add_argument("--skip-floor", action="store_true",
+                   help="do not run the floor (bench.floor) under wrk")
     p.add_argument("--metrics-pairs", type=int, default=10,
                    help="on/off pairs of the metrics A/B (after the rounds; 0: none)")
     p.add_argument("--metrics-pair-s", type=float, default=2.0,

@@ -84,7 +84,7 @@ async def _serve(cfg: Config, path: str, with_sandboxes: bool) -> None:
         logs.write_lines_to(sys.stderr.fileno())  # see gateway.logs.LineWriter
     runner = await _start(app, cfg.listen.host, cfg.listen.port,
                           shutdown_timeout=cfg.shutdown_grace_s)
-    _tune_gc()
+    tune_gc()
     collector = asyncio.get_running_loop().create_task(_collect_young(GC_YOUNG_EVERY_S))
     print(f"gateway serving on http://{cfg.listen.host}:{cfg.listen.port}", flush=True)
     lifecycle = app[LIFECYCLE]
@@ -112,7 +112,7 @@ async def _serve(cfg: Config, path: str, with_sandboxes: bool) -> None:
 async def _collect_young(every_s: float) -> None:
     """Collect the young generations every ``every_s`` seconds.
 
-    With the high threshold of :func:`_tune_gc` the count that triggers a
+    With the high threshold of :func:`tune_gc` the count that triggers a
     collection is net (allocations minus frees): at a low request rate it can
     take an hour to reach, and any reference cycle (a request that failed, with
     its traceback and frames) stays allocated that long. Measured: 1.5 to 5 ms
@@ -135,7 +135,7 @@ def _access_lines_reach_stderr_only() -> bool:
             and getattr(handlers[0], "stream", None) is sys.stderr)
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Make the cyclic collector cheap under load.
 
     Every request allocates hundreds of container objects, nearly all freed by

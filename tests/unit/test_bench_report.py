@@ -80,3 +80,14 @@ def test_without_pairs_the_bar_reads_the_rounds() -> None:
     assert bar["bar"] == "metrics cost (1 - on/off throughput, 64 conns)"
     assert bar["value"] == pytest.approx(0.20)
     assert bar["result"] == "falls short"
+
+
+def test_the_throughput_bar_says_where_the_floor_stands() -> None:
+    runs = [_run("passthrough", "main", 1, 1000), _run("gateway", "main", 1, 450),
+            _run("floor", "main", 1, 600)]
+    found = [b for b in bars(runs, {}, _args()) if str(b["bar"]).startswith("in-process thr")]
+    assert found[0]["value"] == pytest.approx(0.45)
+    assert "the floor 600 req/s, 0.60 the passthrough's" in str(found[0]["detail"])
+    without = [b for b in bars(runs[:2], {}, _args())
+               if str(b["bar"]).startswith("in-process thr")]
+    assert "floor" not in str(without[0]["detail"])
