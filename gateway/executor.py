@@ -116,6 +116,9 @@ class Executor:
         self.wall, self.rand, self.new_id = services.wall_clock, services.random, services.new_id
         self._gate = gate
         self.worker = Worker(self)
+        # Stage boundaries (see _turn): Redis's round trips make them in Redis mode.
+        self._turns = not store.durable
+        self._sync = 0  # requests on the synchronous path now
 
     def gate(self) -> UpstreamGate | None:
         return None if self._gate is None else self._gate(self.app)
@@ -126,6 +129,22 @@ class Executor:
 
     def _count(self, status: str) -> None:
         self.app[METRICS].operation_reached(status)
+
+    async def _turn(self) -> None:
+        """One turn of the event loop on the synchronous path, in process mode, while
+        another request is on it too.
+
+        In Redis mode a request waits for a round trip after its ordering step and
+        after its final save. Process mode's store answers at once, so a request would
+        run from its body to its exchange, and from the provider's answer to its own,
+        without a pause. Yielding there lets the loop take each stage for every request
+        ready at it before the next stage, and the code of one stage stays in the
+        CPU's caches: measured with wrk at 64 connections, 10% to 15% less CPU per
+        request for two turns. Alone on the path a request has nothing to let run, and
+        a turn would only cost (about 11,000 instructions).
+        """
+        if self._turns and self._sync > 1:
+            await asyncio.sleep(0)
 
     async def _guard(self, aw: Awaitable[T]) -> T:
         try:
@@ -152,14 +171,19 @@ class Executor:
         # Accepting and the first try for the lock are one store step (one Redis round trip).
         # Pending (an older operation waits rather than end superseded) until the first
         # save, which comes within the deadline.
-        first = await self._guard(self.store.accept_begin(
-            rec, now, _hold(end, loop), pc.config.retry.deadline_s + PENDING_MARGIN_S))
+        self._sync += 1
         try:
-            return await self._run_sync(pc, rec, deadline, (first, end))
-        except GatewayError:
-            # The access line of a failed request names its operation and attempts too.
-            logs.annotate(operation_id=rec.id, attempts=rec.attempts)
-            raise
+            first = await self._guard(self.store.accept_begin(
+                rec, now, _hold(end, loop), pc.config.retry.deadline_s + PENDING_MARGIN_S))
+            await self._turn()
+            try:
+                return await self._run_sync(pc, rec, deadline, (first, end))
+            except GatewayError:
+                # The access line of a failed request names its operation and attempts.
+                logs.annotate(operation_id=rec.id, attempts=rec.attempts)
+                raise
+        finally:
+            self._sync -= 1
 
     async def _run_sync(self, pc: ProviderClient, rec: OpRecord, deadline: float,
                         first: tuple[Begin, float] | None = None) -> Done | Queued:
@@ -311,6 +335,8 @@ class Executor:
             return
         if saved:
             self._count(rec.status)
+        if lease is None:
+            await self._turn()
 
     async def view(self, op_id: str, client: str) -> OperationView:
         """An operation as its client sees it; anyone else's is not found."""
