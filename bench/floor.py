@@ -19,7 +19,10 @@ whatever the design (DESIGN.md, "The canonical HTTP API"):
 - the operation kept in a bounded map (``GET /v1/operations/{id}`` needs it), as
   many as the gateway keeps in process.
 
-It serves with the gateway's garbage-collector settings (``gateway.cli.tune_gc``).
+It serves with the gateway's garbage-collector settings (``gateway.cli.tune_gc``) and
+takes the gateway's two stage turns (``gateway.executor.Executor._turn``): one
+event-loop turn after the body is checked and one after the exchange, while
+another request is in the handler.
 
 Everything else the gateway does is left out: idempotency keys, per-contact
 ordering, retries and queued work, directory look-ups, reload and drain, error
@@ -74,6 +77,7 @@ class State:
         self.ops: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self.metrics = Metrics()  # the gateway's families, recorded as the gateway does
         self.access = LineWriter(sys.stdout.fileno())  # the gateway's: a write per turn
+        self.inflight = 0  # requests in the handler now (see turn)
 
 
 STATE = web.AppKey("state", State)
@@ -86,6 +90,23 @@ def problem(status: int, code: str, rid: str) -> web.Response:
 
 async def assign(request: web.Request) -> web.Response:
     st = request.app[STATE]
+    st.inflight += 1
+    try:
+        return await _assign(request, st)
+    finally:
+        st.inflight -= 1
+
+
+async def turn(st: State) -> None:
+    """The gateway's stage turn (``Executor._turn``): one event-loop turn while another
+    request is in the handler, so that under load the loop runs each stage for every
+    ready request before the next (measured: about 10% less CPU per request at 64
+    connections for these two)."""
+    if st.inflight > 1:
+        await asyncio.sleep(0)
+
+
+async def _assign(request: web.Request, st: State) -> web.Response:
     loop = asyncio.get_running_loop()
     start = loop.time()
     rid = request.headers.get("X-Request-ID", "")
@@ -109,6 +130,7 @@ async def assign(request: web.Request) -> web.Response:
             or not _AELYST_ID.fullmatch(body.contact.id)
             or not _AELYST_ID.fullmatch(body.assignee.id)):
         return problem(400, "invalid_identifier", rid)
+    await turn(st)
     path = "/contact/" + quote("id:" + body.contact.id, safe="") + "/conversation/assignee"
     payload = orjson.dumps({"assignee": int(body.assignee.id)})
     if not st.buckets.reserve_now("fast:account", st.bucket, 0.0).allowed:
@@ -124,6 +146,7 @@ async def assign(request: web.Request) -> web.Response:
                 status, raw = resp.status, await resp.read()
     except (TimeoutError, aiohttp.ClientError, OSError):
         return problem(502, "upstream_unavailable", rid)
+    await turn(st)
     st.metrics.exchange("fast", "assign", str(status), loop.time() - t0)
     answer = orjson.loads(raw) if status == 200 else None
     if not isinstance(answer, dict) or type(answer.get("contactId")) is not int:
