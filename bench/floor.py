@@ -100,7 +100,7 @@ async def assign(request: web.Request) -> web.Response:
 async def turn(st: State) -> None:
     """The gateway's stage turn (``Executor._turn``): one event-loop turn while another
     request is in the handler, so that under load the loop runs each stage for every
-    ready request before the next (measured: about 10% less CPU per request at 64
+    ready request before the next (measured: 7% to 10% less CPU per request at 64
     connections for these two)."""
     if st.inflight > 1:
         await asyncio.sleep(0)
@@ -162,10 +162,10 @@ async def _assign(request: web.Request, st: State) -> web.Response:
         st.ops.popitem(last=False)
     duration = loop.time() - start
     st.metrics.request("/v1/assign", "ok", duration)
-    st.access.write(orjson.dumps({"request_id": rid, "method": "POST", "route": "/v1/assign",
-                         "status": 200, "code": "ok", "client": client[0],
-                         "tenant": body.tenant, "operation_id": op_id,
-                         "duration_ms": round(duration * 1000, 3)}))
+    st.access.write(orjson.dumps({
+        "request_id": rid, "method": "POST", "route": "/v1/assign", "status": 200,
+        "code": "ok", "client": client[0], "tenant": body.tenant, "operation_id": op_id,
+        "duration_ms": round(duration * 1000, 3)}))
     return web.Response(body=out, content_type="application/json", headers={
         "X-Request-ID": rid, "RateLimit-Limit": str(BURST),
         "RateLimit-Remaining": str(spent.remaining),

@@ -70,15 +70,11 @@ class MemoryBackend:
     def reserve_now(self, key: str, bucket: Bucket, max_wait_s: float,
                     floor_s: float = 0.0) -> Decision:
         """:meth:`reserve` without the coroutine, for callers that must not yield."""
-        now = int(self._clock() * US)  # _now, _get and _put inlined: every request's path
-        tats = self._tats
-        tat, decision = gcra.reserve(tats.get(key), now, bucket,
+        now = int(self._clock() * US)  # _now and _get inlined: every request's path
+        tat, decision = gcra.reserve(self._tats.get(key), now, bucket,
                                      int(max_wait_s * US), int(floor_s * US))
         if tat is not None:
-            tats.pop(key, None)  # re-inserted last: least recently written first
-            tats[key] = tat
-            if len(tats) > self._maxsize:
-                self._sweep(now)
+            self._put(key, tat, now)
         return decision
 
     async def pause(self, key: str, bucket: Bucket, seconds: float) -> None:
