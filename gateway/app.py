@@ -14,7 +14,7 @@ from gateway import handlers, redis_conn
 from gateway.auth import ClientAuth
 from gateway.config import Config
 from gateway.executor import setup_operations
-from gateway.http import MAX_BODY, dumps, problem_middleware
+from gateway.http import MAX_BODY, UNMATCHED, add_route, add_unmatched_route, dumps
 from gateway.idempotency import setup_idempotency
 from gateway.lifecycle import setup_lifecycle
 from gateway.metrics import Metrics, metrics_from_env
@@ -39,7 +39,9 @@ __all__ = ["Services", "create_app"]
 def create_app(config: Config, *, metrics: Metrics | None = None,
                services: Services | None = None,
                config_path: str | None = None) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY)
+    # No aiohttp middleware: every route, and the last one that takes what no other
+    # does, answers through gateway.http.problem_middleware (see add_route).
+    app = web.Application(client_max_size=MAX_BODY)
     app[METRICS] = metrics or metrics_from_env()  # GATEWAY_METRICS=off: no recording
     app[SERVICES] = services or Services()
     app[OPENAPI] = dumps(build_openapi())
@@ -48,7 +50,8 @@ def create_app(config: Config, *, metrics: Metrics | None = None,
         if config.redis_url is not None:
             app[REDIS] = connect(config.redis_url)
         # The router is frozen by now: its templates are the closed set of route labels.
-        app[METRICS].add_routes(r.canonical for r in app.router.resources())
+        app[METRICS].add_routes(r.canonical for r in app.router.resources()
+                                if r.name != UNMATCHED)
         providers = build_providers(config, app[SERVICES].registry, app[METRICS])
         app[RUNTIME] = Runtime(config, ClientAuth(config.clients), providers)
         yield
@@ -61,12 +64,15 @@ def create_app(config: Config, *, metrics: Metrics | None = None,
     setup_operations(app, gate=gate_for)  # after the limiter: background attempts use its gate
     setup_idempotency(app)
     setup_lifecycle(app, config_path)
-    app.router.add_post("/v1/assign", handlers.assign)
-    app.router.add_post("/v1/unassign", handlers.unassign)
-    app.router.add_get("/v1/operations/{id}", handlers.operation)
-    app.router.add_get("/v1/tenants", handlers.tenants)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
-    app.router.add_get("/metrics", handlers.metrics_handler)
-    app.router.add_get("/openapi.json", handlers.openapi)
+    for method, path, handler in (
+            ("POST", "/v1/assign", handlers.assign),
+            ("POST", "/v1/unassign", handlers.unassign),
+            ("GET", "/v1/operations/{id}", handlers.operation),
+            ("GET", "/v1/tenants", handlers.tenants),
+            ("GET", "/healthz", handlers.healthz),
+            ("GET", "/readyz", handlers.readyz),
+            ("GET", "/metrics", handlers.metrics_handler),
+            ("GET", "/openapi.json", handlers.openapi)):
+        add_route(app, method, path, handler)
+    add_unmatched_route(app)  # last
     return app

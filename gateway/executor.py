@@ -33,6 +33,7 @@ from gateway import logs
 from gateway.errors import (
     GatewayError,
     NotFound,
+    ProviderError,
     RateLimited,
     StoreUnavailable,
     UpstreamConnectError,
@@ -63,7 +64,7 @@ from gateway.retry import (
     sync_action,
 )
 from gateway.runtime import METRICS, REDIS, RUNTIME, SERVICES, Runtime
-from gateway.service import Done, Plan, attempt, result
+from gateway.service import Done, Plan, result, run_command
 from gateway.spi import Outcome
 from gateway.upstream import Call, ProviderClient, UpstreamGate
 from gateway.worker import Worker
@@ -150,8 +151,7 @@ class Executor:
         try:
             return await aw
         except REDIS_ERRORS:
-            raise StoreUnavailable("the operations store is not answering; retry shortly",
-                                   retry_after=1) from None
+            raise _store_unavailable() from None
 
     # -- the synchronous path --------------------------------------------------------
 
@@ -173,8 +173,11 @@ class Executor:
         # save, which comes within the deadline.
         self._sync += 1
         try:
-            first = await self._guard(self.store.accept_begin(
-                rec, now, _hold(end, loop), pc.config.retry.deadline_s + PENDING_MARGIN_S))
+            try:  # as _guard does, without a coroutine of its own on every request
+                first = await self.store.accept_begin(
+                    rec, now, _hold(end, loop), pc.config.retry.deadline_s + PENDING_MARGIN_S)
+            except REDIS_ERRORS:
+                raise _store_unavailable() from None
             await self._turn()
             try:
                 return await self._run_sync(pc, rec, deadline, (first, end))
@@ -190,7 +193,11 @@ class Executor:
         loop = asyncio.get_running_loop()
         last: tuple[GatewayError, bool] | None = None  # the error a retry follows; paced?
         while True:
-            got, end = await self._acquire(pc, rec, deadline, first)
+            if first is not None and (first[0] != "busy"
+                                      or deadline - loop.time() < BUSY_POLL_S + MIN_ATTEMPT_S):
+                got, end = first  # what _acquire would answer at once, without its coroutine
+            else:
+                got, end = await self._acquire(pc, rec, deadline, first)
             first = None
             if got != "ok" or deadline - loop.time() < MIN_ATTEMPT_S:
                 # Superseded, or the contact stayed busy: the background resolves it.
@@ -279,15 +286,17 @@ class Executor:
         call = Call(pc, deadline, {"X-Request-ID": rec.request_id}, gate=self.gate())
         # No timer of its own: an adapter awaits nothing but its Call, and the Call
         # bounds every wait (the limiter's slot, each exchange, a look-up another
-        # request is making) by this deadline.
+        # request is making) by this deadline. As service.attempt, without its frame.
         try:
-            return await attempt(rec.plan, pc, call)
+            return await run_command(pc, call, rec.plan.command)
         except RateLimited:
             if call.exchanges == 0:  # refused by the gateway's limiter before any exchange
                 rec.attempts -= 1
             raise
-        except UpstreamTimeout:
-            rec.timed_out = True  # for good: a later outcome must not release the lock
+        except ProviderError as e:
+            e.provider = pc.config.type
+            if isinstance(e, UpstreamTimeout):
+                rec.timed_out = True  # for good: a later outcome must not release the lock
             raise
 
     async def _queue(self, rec: OpRecord, due: float) -> Queued:
@@ -458,6 +467,11 @@ def _gave_up(rec: OpRecord, pc: ProviderClient | None) -> UpstreamUnavailable:
            else kind(f"{after}; the last attempt failed ({rec.reason})"))
     err.provider = None if pc is None else pc.config.type
     return err
+
+
+def _store_unavailable() -> StoreUnavailable:
+    return StoreUnavailable("the operations store is not answering; retry shortly",
+                            retry_after=1)
 
 
 def _unlocks(rec: OpRecord, err: GatewayError | None = None) -> bool:

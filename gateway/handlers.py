@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from aiohttp import web
 
@@ -16,7 +18,6 @@ from gateway.models import AssignRequest, UnassignRequest
 from gateway.ratelimit import check_client, gate_for
 from gateway.redis_conn import REDIS_ERRORS
 from gateway.runtime import (
-    CLIENT_NAME,
     METRICS,
     OPENAPI,
     REDIS,
@@ -24,32 +25,56 @@ from gateway.runtime import (
     RUNTIME,
     Runtime,
 )
-from gateway.service import Done, Plan, plan
+from gateway.service import Done, plan
 from gateway.spi import Operation
 from gateway.upstream import Call
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def authenticate(request: web.Request) -> ClientSpec:
     client = runtime_of(request).auth.authenticate(request.headers.get("Authorization"))
-    request[CLIENT_NAME] = client.name
+    logs.annotate_client(client.name)
     return client
 
 
-async def _write(request: web.Request, operation: Operation,
-                 model: type[UnassignRequest]) -> web.Response:
-    rt = runtime_of(request)
-    client = authenticate(request)
-    await check_client(request, client)  # the client's own budget, before any work
-    body = await read_body(request, model)
-    if request.query.get("dry_run", "").lower() in ("true", "1"):
-        return await _dry_run(request, rt, client, operation, body)
+def _writer(operation: Operation, model: type[UnassignRequest]) -> Handler:
+    """The handler of a write route. One coroutine from the request to the executor,
+    with no layer between in the common case (no ``Idempotency-Key``, no dry run):
+    each layer would be a frame that every suspension of the request resumes."""
 
-    async def run() -> web.Response:
-        p = plan(rt.config, rt.providers, client, operation, body)
-        logs.annotate_plan(p)
-        return await run_plan(request, rt, p)
+    async def handler(request: web.Request) -> web.Response:
+        rt = runtime_of(request)
+        client = authenticate(request)
+        pending = check_client(request, client)  # the client's own budget, before any work
+        if pending is not None:
+            await pending
+        body = await read_body(request, model)
+        if request.query_string and request.query.get("dry_run", "").lower() in ("true", "1"):
+            return await _dry_run(request, rt, client, operation, body)
+        if idempotency.HEADER in request.headers:
+            return await idempotency.guarded(request, client.name, operation, body,
+                                             partial(_run, request, rt, client, operation, body))
+        return await _run(request, rt, client, operation, body)
 
-    return await idempotency.guarded(request, client.name, operation, body, run)
+    handler.__name__ = handler.__qualname__ = operation
+    return handler
+
+
+async def _run(request: web.Request, rt: Runtime, client: ClientSpec, operation: Operation,
+               body: UnassignRequest) -> web.Response:
+    """Plan, then run within the provider's deadline (200), or queue (202 and Location)."""
+    p = plan(rt.config, rt.providers, client, operation, body)
+    logs.annotate_plan(p)
+    prefer_async = _prefers_async(request)
+    out = await request.app[EXECUTOR].submit(rt, p, request[REQUEST_ID], prefer_async)
+    logs.annotate_result(out)
+    if isinstance(out, Done):
+        return json_response(out.body)
+    headers = {"Location": f"/v1/operations/{out.operation_id}"}
+    if prefer_async:
+        headers["Preference-Applied"] = "respond-async"
+    return json_response(out, 202, headers)
 
 
 async def _dry_run(request: web.Request, rt: Runtime, client: ClientSpec,
@@ -72,19 +97,6 @@ def _prefers_async(request: web.Request) -> bool:
                for value in prefs for p in value.replace(";", ",").split(","))
 
 
-async def run_plan(request: web.Request, rt: Runtime, p: Plan) -> web.Response:
-    """Run a plan within its provider's deadline (200), or queue it (202 and Location)."""
-    prefer_async = _prefers_async(request)
-    out = await request.app[EXECUTOR].submit(rt, p, request[REQUEST_ID], prefer_async)
-    logs.annotate_result(out)
-    if isinstance(out, Done):
-        return json_response(out.body)
-    headers = {"Location": f"/v1/operations/{out.operation_id}"}
-    if prefer_async:
-        headers["Preference-Applied"] = "respond-async"
-    return json_response(out, 202, headers)
-
-
 async def operation(request: web.Request) -> web.Response:
     """``GET /v1/operations/{id}``: only the client that made it may see it."""
     client = authenticate(request)
@@ -92,12 +104,8 @@ async def operation(request: web.Request) -> web.Response:
     return json_response(found)
 
 
-async def assign(request: web.Request) -> web.Response:
-    return await _write(request, "assign", AssignRequest)
-
-
-async def unassign(request: web.Request) -> web.Response:
-    return await _write(request, "unassign", UnassignRequest)
+assign = _writer("assign", AssignRequest)
+unassign = _writer("unassign", UnassignRequest)
 
 
 async def tenants(request: web.Request) -> web.Response:

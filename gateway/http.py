@@ -11,6 +11,7 @@ import asyncio
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -27,7 +28,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.ratelimit.wiring import add_headers as ratelimit_headers
-from gateway.runtime import CLIENT_NAME, METRICS, REQUEST_ID
+from gateway.runtime import METRICS, REQUEST_ID
 
 MAX_BODY = 16 * 1024
 #: The status recorded (never sent) for a request whose client closed the connection.
@@ -79,7 +80,37 @@ def problem_response(err: GatewayError, request_id: str) -> web.Response:
 
 def _route(request: web.Request) -> str:
     info = request.match_info.route.resource
-    return info.canonical if info is not None else "other"
+    return info.canonical if info is not None else OTHER_ROUTE
+
+
+def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
+    """Route ``method path`` to ``handler`` through :func:`problem_middleware` (GET
+    routes take HEAD too, as aiohttp's ``add_get`` does)."""
+    serve = partial(problem_middleware, handler=handler, route=path)
+    if method == "GET":
+        app.router.add_get(path, serve)
+    else:
+        app.router.add_route(method, path, serve)
+
+
+def add_unmatched_route(app: web.Application) -> None:
+    """The app's last route: a request no other route takes is answered as every error
+    is, 404, or 405 with ``Allow`` when its path takes other methods."""
+    app.router.add_route("*", "/{path:.*}", partial(problem_middleware, handler=_unmatched,
+                                                    route=OTHER_ROUTE), name=UNMATCHED)
+
+
+async def _unmatched(request: web.Request) -> web.StreamResponse:
+    this = request.match_info.route.resource
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not this:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:  # as aiohttp's router writes it
+        raise MethodNotAllowed("this route does not take that method",
+                               allow=",".join(sorted(allowed)))
+    raise NotFound("no such route")
 
 
 def _map_http(exc: web.HTTPException) -> GatewayError:
@@ -99,20 +130,62 @@ def _request_id(request: web.Request) -> str:
     return rid if rid and _REQUEST_ID.match(rid) else ids.token_hex(8)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The label of a request no route takes (metrics and access lines).
+OTHER_ROUTE = "other"
+#: The name of the app's last route, which takes every request no other route takes.
+UNMATCHED = "unmatched"
+
+
 @web.middleware
-async def problem_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """The one place errors become problem+json, and every request is counted and logged."""
+async def problem_middleware(request: web.Request, handler: Handler,
+                             route: str | None = None) -> web.StreamResponse:
+    """The one place errors become problem+json, and every request is counted and logged.
+
+    The gateway's routes call it directly (:func:`add_route`), ``route`` given: an
+    aiohttp middleware costs a layer of aiohttp's own per request (it sets the match's
+    current app around the handler). It also serves as a middleware (tests' apps).
+    One coroutine around the handler, the app's guard included: a layer here would be
+    a frame that every suspension of every request resumes."""
     rid = request[REQUEST_ID] = _request_id(request)
-    rec = logs.AccessRecord(rid, request.method, _route(request))
+    rec = logs.AccessRecord(rid, request.method, route or _route(request))
     token = logs.begin(rec)
     loop = asyncio.get_running_loop()
     start = loop.time()
+    guard = request.app.get(GUARD)
     try:
-        resp = await _answer(request, handler, rec, request.app.get(GUARD))
+        try:
+            try:
+                if guard is None:
+                    resp = await handler(request)
+                else:
+                    entered = guard.enter(request, rec.route)
+                    try:
+                        resp = await handler(request)
+                    finally:
+                        guard.leave(entered)
+            except web.HTTPException as e:
+                if e.status < 400:
+                    rec.status = e.status  # a redirect: aiohttp sends it as it is
+                    raise
+                raise _map_http(e) from None
+        except GatewayError as e:
+            rec.code = e.code
+            resp = problem_response(e, rid)
+        except ConnectionResetError:
+            # The client went away mid-request (aiohttp's ClientConnectionResetError is
+            # one): not the gateway's failure, so not a 500 and not an ERROR line. The
+            # answer is never delivered; 499 (as nginx logs it) only labels the record.
+            rec.code, rec.status = "client_closed", CLIENT_CLOSED_STATUS
+            resp = web.Response(status=CLIENT_CLOSED_STATUS)
+        except Exception as e:  # the last line of defence: never a traceback to a client
+            # Only the type's name is kept: the exception's text could carry request data.
+            rec.code, rec.error = "internal_error", type(e).__name__
+            resp = problem_response(GatewayError("an unexpected error occurred"), rid)
+        else:
+            rec.code = "queued" if resp.status == 202 else "ok"
         resp.headers["X-Request-ID"] = rid
-        ratelimit_headers(request, resp)
+        ratelimit_headers(resp)
         rec.status = resp.status
         return resp
     except asyncio.CancelledError:
@@ -121,51 +194,15 @@ async def problem_middleware(
     finally:
         rec.duration_s = loop.time() - start
         request.app[METRICS].request(rec.route, rec.code, rec.duration_s)
-        rec.client = rec.client or request.get(CLIENT_NAME)
         logs.emit(rec)
         logs.end(token)
 
 
-async def _answer(request: web.Request,
-                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                  rec: logs.AccessRecord,
-                  guard: RequestGuard | None = None) -> web.StreamResponse:
-    try:
-        try:
-            if guard is None:
-                resp = await handler(request)
-            else:
-                entered = guard.enter(request, rec.route)
-                try:
-                    resp = await handler(request)
-                finally:
-                    guard.leave(entered)
-        except web.HTTPException as e:
-            if e.status < 400:
-                rec.status = e.status  # a redirect: aiohttp sends it as it is
-                raise
-            raise _map_http(e) from None
-    except GatewayError as e:
-        rec.code = e.code
-        return problem_response(e, rec.request_id)
-    except ConnectionResetError:
-        # The client went away mid-request (aiohttp's ClientConnectionResetError is one):
-        # not the gateway's failure, so not a 500 and not an ERROR line. The answer is
-        # never delivered; 499 (as nginx logs it) only labels the record.
-        rec.code, rec.status = "client_closed", CLIENT_CLOSED_STATUS
-        return web.Response(status=CLIENT_CLOSED_STATUS)
-    except Exception as e:  # the last line of defence: never a traceback to a client
-        # Only the type's name is kept: the exception's text could carry request data.
-        rec.code, rec.error = "internal_error", type(e).__name__
-        return problem_response(GatewayError("an unexpected error occurred"), rec.request_id)
-    rec.code = "queued" if resp.status == 202 else "ok"
-    return resp
-
-
 async def read_body(request: web.Request, model: type[M]) -> M:
-    if request.content_type != "application/json" and not request.content_type.endswith("+json"):
+    content_type, length = request.content_type, request.content_length  # properties
+    if content_type != "application/json" and not content_type.endswith("+json"):
         raise UnsupportedMediaType("send Content-Type: application/json")
-    if request.content_length is not None and request.content_length > MAX_BODY:
+    if length is not None and length > MAX_BODY:
         raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
     try:
         if request.content.is_eof():  # the whole body came with the headers: nothing to wait for

@@ -24,7 +24,7 @@ from aiohttp import web
 from gateway.auth import ClientAuth
 from gateway.config import Config, ConfigError, load_config
 from gateway.errors import Forbidden, InvalidRequest, ShuttingDown
-from gateway.http import GUARD
+from gateway.http import GUARD, add_route
 from gateway.runtime import METRICS, RUNTIME, SERVICES, Runtime, build_providers, close_providers
 
 log = logging.getLogger("gateway")
@@ -168,4 +168,4 @@ def setup_lifecycle(app: web.Application, config_path: str | Path | None) -> Non
         await app[LIFECYCLE].close()
 
     app.on_cleanup.append(closing)
-    app.router.add_post("/admin/reload", admin_reload)
+    add_route(app, "POST", "/admin/reload", admin_reload)

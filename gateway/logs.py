@@ -110,6 +110,13 @@ def annotate(*, client: str | None = None, tenant: str | None = None,
         rec.attempts = attempts
 
 
+def annotate_client(name: str) -> None:
+    """The client the request authenticated as."""
+    rec = _CURRENT.get()
+    if rec is not None:
+        rec.client = name
+
+
 def annotate_plan(plan: Plan) -> None:
     """What a write request resolved to, before anything is sent."""
     rec = _CURRENT.get()

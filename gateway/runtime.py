@@ -79,7 +79,6 @@ METRICS = web.AppKey("metrics", Metrics)
 SERVICES = web.AppKey("services", Services)
 OPENAPI = web.AppKey("openapi", bytes)
 REQUEST_ID = web.RequestKey("request_id", str)
-CLIENT_NAME = web.RequestKey("client", str)
 
 
 def build_providers(

@@ -9,7 +9,7 @@ command through its adapter within a deadline and shapes the canonical result.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, cast
 
 from gateway.auth import check_tenant
@@ -153,12 +153,18 @@ def plan(config: Config, providers: Mapping[str, ProviderClient], client: Client
     return Plan(operation, client.name, tenant_name, pc.name, command, echo)
 
 
+def run_command(pc: ProviderClient, call: Upstream,
+                command: AssignCommand | UnassignCommand) -> Awaitable[Outcome]:
+    """The adapter's run of ``command`` (to await); its errors come out unlabelled."""
+    if isinstance(command, AssignCommand):
+        return pc.adapter.assign(call, command)
+    return pc.adapter.unassign(call, command)
+
+
 async def attempt(plan: Plan, pc: ProviderClient, call: Upstream) -> Outcome:
     """One run of the adapter; provider errors come out labelled with the provider type."""
     try:
-        if isinstance(plan.command, AssignCommand):
-            return await pc.adapter.assign(call, plan.command)
-        return await pc.adapter.unassign(call, plan.command)
+        return await run_command(pc, call, plan.command)
     except ProviderError as e:
         e.provider = pc.config.type
         raise

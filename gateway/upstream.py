@@ -161,18 +161,6 @@ class ProviderClient:
         loop = asyncio.get_running_loop()
         start = loop.time()
         status = "error"
-        try:
-            resp = await self._exchange(request, timeout_s, extra_headers)
-            status = str(resp.status)  # the metrics keep listed statuses exact
-            return resp
-        except UpstreamTimeout:
-            status = "timeout"
-            raise
-        finally:
-            self.observer.exchange(self.name, request.operation, status, loop.time() - start)
-
-    async def _exchange(self, request: UpstreamRequest, timeout_s: float,
-                        extra_headers: Mapping[str, str] | None) -> UpstreamResponse:
         data: bytes | None = None
         base = self._headers
         if request.json is not None:
@@ -187,11 +175,16 @@ class ProviderClient:
                     request.method, self.url(request), params=request.query or None,
                     data=data, headers=headers, allow_redirects=False, timeout=_NO_TIMEOUT,
                 ) as resp:
-                    return self._response(resp, await _read_body(resp))
+                    response = self._response(resp, await _read_body(resp))
+            status = str(response.status)  # the metrics keep listed statuses exact
+            return response
         except TimeoutError:
+            status = "timeout"
             raise UpstreamTimeout(f"no answer within {timeout_s:g} s") from None
         except (aiohttp.ClientError, OSError) as e:
             raise UpstreamConnectError(_connect_detail(e)) from None
+        finally:
+            self.observer.exchange(self.name, request.operation, status, loop.time() - start)
 
     def _response(self, resp: aiohttp.ClientResponse, body: bytes) -> UpstreamResponse:
         if 300 <= resp.status < 400:
@@ -236,15 +229,17 @@ def _connect_detail(e: BaseException) -> str:
 class UpstreamGate(Protocol):
     """Cross-cutting work around each exchange (the rate limiter implements it)."""
 
-    async def before(self, client: ProviderClient, request: UpstreamRequest,
-                     deadline: float) -> None:
-        """Return when the exchange may start; raise ``RateLimited`` (or an upstream
-        error) when it may not start before ``deadline``."""
+    def before(self, client: ProviderClient, request: UpstreamRequest,
+               deadline: float) -> Awaitable[None] | None:
+        """None when the exchange may start now; else an awaitable that returns when it
+        may, or raises ``RateLimited`` (or an upstream error) when it may not start
+        before ``deadline``. Either may raise at once."""
         ...
 
-    async def after(self, client: ProviderClient, request: UpstreamRequest,
-                    response: UpstreamResponse) -> None:
-        """Learn from the answer (a provider's 429 pauses its bucket)."""
+    def after(self, client: ProviderClient, request: UpstreamRequest,
+              response: UpstreamResponse) -> Awaitable[None] | None:
+        """Learn from the answer (a provider's 429 pauses its bucket): None, or an
+        awaitable to await when there is work that waits."""
         ...
 
 
@@ -264,15 +259,20 @@ class Call:
         return self.deadline - asyncio.get_running_loop().time()
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        if self.gate is not None:
-            await self.gate.before(self.client, request, self.deadline)
+        gate = self.gate
+        if gate is not None:
+            pending = gate.before(self.client, request, self.deadline)
+            if pending is not None:
+                await pending
         budget = min(self.client.config.timeout_s, self.remaining())
         if budget <= 0:
             raise UpstreamTimeout("the request's deadline passed")
         self.exchanges += 1
         response = await self.client.exchange(request, budget, self.extra_headers)
-        if self.gate is not None:
-            await self.gate.after(self.client, request, response)
+        if gate is not None:
+            pending = gate.after(self.client, request, response)
+            if pending is not None:
+                await pending
         return response
 
     async def lookup(self, kind: str, key: str, load: Callable[[], Awaitable[T]]) -> T:

@@ -140,56 +140,101 @@ class Limiter:
         self._client_scopes[id(client)] = (client, client.rate_limit, scope)
         return scope
 
-    async def check_client(self, client: ClientSpec) -> None:
-        """Spend one token of the client's own bucket, or raise ``RateLimited``."""
-        scope = self._client_scope(client)
-        if scope is not None:
-            reserve_now = self._reserve_now
-            decision = (reserve_now(scope.key, scope.bucket, 0.0) if reserve_now is not None
-                        else await self.backend.reserve(scope.key, scope.bucket, 0.0))
-            self._note(scope, decision)
-            if not decision.allowed:
-                self._refuse(scope, decision, "this client's request budget is spent")
+    def check_client(self, client: ClientSpec) -> Awaitable[None] | None:
+        """Spend one token of the client's own bucket, or raise ``RateLimited``.
 
-    async def before(self, client: ProviderClient, request: UpstreamRequest,
-                     deadline: float) -> None:
+        In-process buckets answer here and None is returned: no coroutine per request
+        for work that never waits. A shared backend's answer is the awaitable returned,
+        which raises when awaited."""
+        scope = self._client_scope(client)
+        if scope is None:
+            return None
+        if self._reserve_now is not None:
+            self._client_decided(scope, self._reserve_now(scope.key, scope.bucket, 0.0))
+            return None
+        return self._check_client_shared(scope)
+
+    async def _check_client_shared(self, scope: Scope) -> None:
+        self._client_decided(scope, await self.backend.reserve(scope.key, scope.bucket, 0.0))
+
+    def _client_decided(self, scope: Scope, decision: Decision) -> None:
+        self._note(scope, decision)
+        if not decision.allowed:
+            self._refuse(scope, decision, "this client's request budget is spent")
+
+    def before(self, client: ProviderClient, request: UpstreamRequest,
+               deadline: float) -> Awaitable[None] | None:
+        """Reserve the exchange's slot in its provider's bucket.
+
+        An in-process bucket that grants a slot now answers here and None is returned:
+        no coroutine per exchange for work that never waits. A slot later, or a shared
+        backend: the awaitable returned sleeps until the slot (raising when there is none
+        within the wait budget)."""
         scope = self.provider_scope(client, request)
         reserve_now = self._reserve_now
-        for _ in range(MAX_RESERVES):
-            left = deadline - self._clock() - EXCHANGE_RESERVE_S
-            wait = scope.max_wait_s if scope.max_wait_s < left else left
-            wait = wait if wait > 0.0 else 0.0
+        if reserve_now is None:
+            return self._reserving(client, scope, deadline, 0, 0.0)
+        wait_s = self._granted(client, scope, reserve_now(
+            scope.key, scope.bucket, self._wait_budget(scope, deadline)))
+        if wait_s <= 0:
+            return None
+        return self._reserving(client, scope, deadline, 1, wait_s)
+
+    async def _reserving(self, client: ProviderClient, scope: Scope, deadline: float,
+                         tries: int, wait_s: float) -> None:
+        """The rest of :meth:`before`: ``tries`` slots taken so far, the last ``wait_s``
+        away. Sleep until it; the provider may have asked for a pause meanwhile (the slot
+        was granted before the pause moved the bucket), and then a new slot is taken."""
+        reserve_now = self._reserve_now
+        while True:
+            if tries:
+                await self._sleep(wait_s)
+                if self._paused.get(scope.key, 0.0) <= self._clock():
+                    return
+                if tries >= MAX_RESERVES:
+                    raise RateLimited("the provider kept pausing this request's rate limit",
+                                      provider=client.config.type, retry_after=1.0)
+            wait = self._wait_budget(scope, deadline)
             decision = (reserve_now(scope.key, scope.bucket, wait) if reserve_now is not None
                         else await self.backend.reserve(scope.key, scope.bucket, wait))
-            self._note(scope, decision)
-            if not decision.allowed:
-                self._refuse(scope, decision, "the provider's rate limit has no slot for "
-                             "this request within its wait budget", client.config.type)
-            self.metrics.ratelimit_waited(client.name, decision.wait_s)
-            if decision.wait_s <= 0:
+            tries += 1
+            wait_s = self._granted(client, scope, decision)
+            if wait_s <= 0:
                 return
-            await self._sleep(decision.wait_s)
-            # The provider may have asked for a pause while this request slept: its
-            # slot was granted before the pause moved the bucket, so it takes a new one.
-            if self._paused.get(scope.key, 0.0) <= self._clock():
-                return
-        raise RateLimited("the provider kept pausing this request's rate limit",
-                          provider=client.config.type, retry_after=1.0)
 
-    async def after(self, client: ProviderClient, request: UpstreamRequest,
-                    response: UpstreamResponse) -> None:
+    def _wait_budget(self, scope: Scope, deadline: float) -> float:
+        """How long a slot may be away: the bucket's ``max_wait_s``, and never so long
+        that less than ``EXCHANGE_RESERVE_S`` is left before the deadline."""
+        left = deadline - self._clock() - EXCHANGE_RESERVE_S
+        wait = scope.max_wait_s if scope.max_wait_s < left else left
+        return wait if wait > 0.0 else 0.0
+
+    def _granted(self, client: ProviderClient, scope: Scope, decision: Decision) -> float:
+        """Note a provider bucket's decision; its wait, or ``RateLimited`` when refused."""
+        self._note(scope, decision)
+        if not decision.allowed:
+            self._refuse(scope, decision, "the provider's rate limit has no slot for "
+                         "this request within its wait budget", client.config.type)
+        self.metrics.ratelimit_waited(client.name, decision.wait_s)
+        return decision.wait_s
+
+    def after(self, client: ProviderClient, request: UpstreamRequest,
+              response: UpstreamResponse) -> Awaitable[None] | None:
+        """Learn from the answer: a provider's rate signal pauses its bucket for every
+        replica (the awaitable returned); None when there is none (most answers)."""
         seconds = client.adapter.rate_feedback(response)
-        if seconds is not None and seconds > 0:
-            scope = self.provider_scope(client, request)
-            seconds = min(seconds, MAX_PAUSE_S)
+        if seconds is None or seconds <= 0:
+            return None
+        scope = self.provider_scope(client, request)
+        seconds = min(seconds, MAX_PAUSE_S)
+        if len(self._paused) >= SCOPE_CACHE:
+            now = self._clock()  # kept bounded: past pauses go first
+            self._paused = {k: v for k, v in self._paused.items() if v > now}
             if len(self._paused) >= SCOPE_CACHE:
-                now = self._clock()  # kept bounded: past pauses go first
-                self._paused = {k: v for k, v in self._paused.items() if v > now}
-                if len(self._paused) >= SCOPE_CACHE:
-                    self._paused.clear()
-            self._paused[scope.key] = max(self._paused.get(scope.key, 0.0),
-                                          self._clock() + seconds)
-            await self.backend.pause(scope.key, scope.bucket, seconds)
+                self._paused.clear()
+        self._paused[scope.key] = max(self._paused.get(scope.key, 0.0),
+                                      self._clock() + seconds)
+        return self.backend.pause(scope.key, scope.bucket, seconds)
 
     def _refuse(self, scope: Scope, decision: Decision, detail: str,
                 provider: str | None = None) -> NoReturn:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from aiohttp import web
 
@@ -22,7 +22,6 @@ from gateway.ratelimit.shared import Backend, SharedBackend
 from gateway.runtime import METRICS, REDIS, RUNTIME, SERVICES
 
 LIMITER = web.AppKey("ratelimiter", Limiter)
-_BUDGET = web.RequestKey("ratelimit_budget", Budget)
 
 
 def gate_for(app: web.Application) -> Limiter:
@@ -58,22 +57,27 @@ def build_limiter(app: web.Application, probe_interval_s: float) -> Limiter:
     return Limiter(backend, metrics, policy, clock=clock)
 
 
-async def check_client(request: web.Request, client: ClientSpec) -> None:
-    """Start the request's budget and spend the client's bucket (``RateLimited`` if spent)."""
-    budget = Budget()
-    request[_BUDGET] = budget
-    BUDGET.set(budget)
-    await request.app[LIMITER].check_client(client)
+def check_client(request: web.Request, client: ClientSpec) -> Awaitable[None] | None:
+    """Start the request's budget and spend the client's bucket (``RateLimited`` if
+    spent). None when the answer is already in (in-process buckets), else an awaitable
+    that gives it: see :meth:`Limiter.check_client`."""
+    BUDGET.set(Budget())
+    return request.app[LIMITER].check_client(client)
 
 
-def add_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """The rate-limit headers of the buckets ``request`` spent, if any (the HTTP
-    middleware calls this on every answer: a signal would cost an await each)."""
-    budget = request.get(_BUDGET)
+def add_headers(response: web.StreamResponse) -> None:
+    """The rate-limit headers of the buckets the current request spent, if any (the
+    HTTP middleware calls this on every answer: a signal would cost an await each).
+
+    The request's :data:`BUDGET` is read from the context: aiohttp runs each request
+    in a task of its own, with a copy of its connection's context, so a budget set by
+    :func:`check_client` is seen by its own request's middleware and by no other."""
+    budget = BUDGET.get()
     tightest = budget.tightest() if budget is not None else None
     if tightest is None:
         return
     bucket, decision = tightest
-    response.headers["RateLimit-Limit"] = str(bucket.burst)
-    response.headers["RateLimit-Remaining"] = str(decision.remaining)
-    response.headers["RateLimit-Reset"] = str(math.ceil(decision.reset_s))
+    headers = response.headers  # a property: read once
+    headers["RateLimit-Limit"] = str(bucket.burst)
+    headers["RateLimit-Remaining"] = str(decision.remaining)
+    headers["RateLimit-Reset"] = str(math.ceil(decision.reset_s))

@@ -119,6 +119,24 @@ async def test_unknown_route_and_method(gw: Any) -> None:
     await _problem(await gw.get("/v1/assign", headers=auth()), 405, "method_not_allowed")
 
 
+async def test_what_no_route_takes_is_answered_as_every_error_is(gw: Any) -> None:
+    # No aiohttp middleware: the app's last route takes these (gateway.http.add_route).
+    assert not gw.server.app.middlewares
+    for method, path in (("POST", "/"), ("DELETE", "/v1/operations/x/y"), ("PUT", "/x.json")):
+        resp = await gw.request(method, path, headers={"X-Request-ID": "rid-1"})
+        await _problem(resp, 404, "not_found")
+        assert resp.headers["X-Request-ID"] == "rid-1"
+    for method, path, allow in (("DELETE", "/v1/operations/op_1", {"GET", "HEAD"}),
+                                ("PUT", "/v1/unassign", {"POST"}),
+                                ("POST", "/healthz", {"GET", "HEAD"})):
+        resp = await gw.request(method, path)
+        await _problem(resp, 405, "method_not_allowed")
+        assert set(resp.headers["Allow"].split(",")) == allow
+    assert (await gw.head("/healthz")).status == 200  # a GET route takes HEAD
+    text = await (await gw.get("/metrics")).text()
+    assert 'route="other"' in text and "/{path}" not in text
+
+
 async def test_capability_checks_happen_before_any_call(
         gw: Any, sandboxes_up: dict[str, Sandbox]) -> None:
     resp = await gw.post("/v1/unassign", headers=auth(),

@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
 
-from gateway import logs
-from gateway.http import CLIENT_CLOSED_STATUS, _answer
+from gateway.http import CLIENT_CLOSED_STATUS, problem_middleware
 from gateway.metrics import RESULT_CODES, Metrics, NullMetrics, metrics_from_env
+from gateway.runtime import METRICS
 
 
-async def test_a_client_that_goes_away_is_not_an_internal_error(
-        caplog: pytest.LogCaptureFixture) -> None:
-    rec = logs.AccessRecord("rid", "POST", "/v1/assign")
-
+def _closing_app() -> web.Application:
     async def handler(request: web.Request) -> web.StreamResponse:
         raise ConnectionResetError("Connection lost")
 
-    resp = await _answer(None, handler, rec)  # type: ignore[arg-type]
-    assert (rec.code, rec.status, resp.status) == ("client_closed", 499, CLIENT_CLOSED_STATUS)
-    assert rec.error is None and "client_closed" in RESULT_CODES
+    app = web.Application(middlewares=[problem_middleware])
+    app[METRICS] = Metrics()
+    app.router.add_get("/gone", handler)
+    return app
+
+
+async def test_a_client_that_goes_away_is_not_an_internal_error(
+        aiohttp_client: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+    client = await aiohttp_client(_closing_app())
     with caplog.at_level(logging.INFO, logger="gateway.access"):
-        logs.emit(rec)
+        resp = await client.get("/gone")
+    assert resp.status == CLIENT_CLOSED_STATUS and "client_closed" in RESULT_CODES
     assert not caplog.records  # DEBUG only: not an ERROR line, not even an INFO one
+    with caplog.at_level(logging.DEBUG, logger="gateway.access"):
+        await client.get("/gone")
+    [record] = [r for r in caplog.records if r.name == "gateway.access"]
+    line = json.loads(record.getMessage())
+    assert (record.levelno, line["code"], line["status"]) == (logging.DEBUG, "client_closed",
+                                                              CLIENT_CLOSED_STATUS)
+    assert "error" not in line or line["error"] is None
 
 
 def test_gateway_metrics_off_records_nothing() -> None:
