@@ -119,6 +119,10 @@ class Executor:
         self.worker = Worker(self)
         # Stage boundaries (see _turn): Redis's round trips make them in Redis mode.
         self._turns = not store.durable
+        # In-process stores and budgets answer without yielding: called directly, with
+        # no coroutine per request (as the limiter calls its in-process buckets).
+        self._memory = store if isinstance(store, MemoryStore) else None
+        self._first_now = budget.first_now if isinstance(budget, MemoryBudget) else None
         self._sync = 0  # requests on the synchronous path now
 
     def gate(self) -> UpstreamGate | None:
@@ -173,18 +177,22 @@ class Executor:
         # save, which comes within the deadline.
         self._sync += 1
         try:
-            try:  # as _guard does, without a coroutine of its own on every request
-                first = await self.store.accept_begin(
-                    rec, now, _hold(end, loop), pc.config.retry.deadline_s + PENDING_MARGIN_S)
-            except REDIS_ERRORS:
-                raise _store_unavailable() from None
+            hold, pending = _hold(end, loop), pc.config.retry.deadline_s + PENDING_MARGIN_S
+            if self._memory is not None:
+                first = self._memory.accept_begin_now(rec, hold, pending)
+            else:
+                try:  # as _guard does, without a coroutine of its own on every request
+                    first = await self.store.accept_begin(rec, now, hold, pending)
+                except REDIS_ERRORS:
+                    raise _store_unavailable() from None
             await self._turn()
             try:
-                return await self._run_sync(pc, rec, deadline, (first, end))
+                out = await self._run_sync(pc, rec, deadline, (first, end))
             except GatewayError:
                 # The access line of a failed request names its operation and attempts.
                 logs.annotate(operation_id=rec.id, attempts=rec.attempts)
                 raise
+            return out
         finally:
             self._sync -= 1
 
@@ -282,7 +290,10 @@ class Executor:
     async def _attempt(self, pc: ProviderClient, rec: OpRecord, deadline: float) -> Outcome:
         rec.attempts += 1
         if rec.attempts == 1:
-            await self.budget.first(pc.name)
+            if self._first_now is not None:
+                self._first_now(pc.name)
+            else:
+                await self.budget.first(pc.name)
         call = Call(pc, deadline, {"X-Request-ID": rec.request_id}, gate=self.gate())
         # No timer of its own: an adapter awaits nothing but its Call, and the Call
         # bounds every wait (the limiter's slot, each exchange, a look-up another
@@ -327,8 +338,11 @@ class Executor:
         rec.updated_at = self.wall()
         try:
             store = self.store if lease is None else self.queue
-            saved = await store.save(rec, due=None, lease=lease, unlock=unlock,
-                                     withdraw=withdraw)
+            memory = self._memory
+            saved = (memory.save_now(rec, due=None, lease=lease, unlock=unlock, withdraw=withdraw)
+                     if memory is not None and store is memory else
+                     await store.save(rec, due=None, lease=lease, unlock=unlock,
+                                      withdraw=withdraw))
         except REDIS_ERRORS:
             # The outcome stands (the provider has acted) and the client is about to
             # learn it; the record must not be lost with Redis. A request's record waits

@@ -443,7 +443,13 @@ class MemoryStore:
 
     async def accept_begin(self, rec: OpRecord, now: float, hold_s: float,
                            pending_s: float = PENDING_S) -> Begin:
-        # In one step, as Redis does it: no other request runs between the two.
+        return self.accept_begin_now(rec, hold_s, pending_s)
+
+    def accept_begin_now(self, rec: OpRecord, hold_s: float,
+                         pending_s: float = PENDING_S) -> Begin:
+        """:meth:`accept_begin`, answered at once: the executor calls it directly, with
+        no coroutine per request. In one step, as Redis does it: no other request runs
+        between the two."""
         self._accept(rec, pending_s)
         return self._begin(rec, hold_s)
 
@@ -458,6 +464,11 @@ class MemoryStore:
 
     async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
                    unlock: bool = True, withdraw: bool = False) -> bool:
+        return self.save_now(rec, due=due, lease=lease, unlock=unlock, withdraw=withdraw)
+
+    def save_now(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
+                 unlock: bool = True, withdraw: bool = False) -> bool:
+        """:meth:`save`, answered at once (the executor calls it directly)."""
         if lease is not None and self._lease(rec.id) != lease:
             return False
         if rec.pending:

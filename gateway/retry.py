@@ -170,8 +170,13 @@ class MemoryBudget:
         return slots, now, firsts, retries
 
     async def first(self, provider: str) -> None:
-        # Every request counts one: within a second already seen, only the increment
-        # (old seconds are pruned when a new second starts, and by every allow()).
+        self.first_now(provider)
+
+    def first_now(self, provider: str) -> None:
+        """:meth:`first`, at once (the executor calls it directly: no coroutine each).
+
+        Every request counts one: within a second already seen, only the increment (old
+        seconds are pruned when a new second starts, and by every allow())."""
         slots = self._slots.get(provider)
         key = ("f", math.floor(self.clock()))
         if slots is None or key not in slots:
@@ -235,7 +240,7 @@ class RedisBudget:
         return bool(await self._script(keys=[redis_keys.retry_budget(provider)], args=args))
 
     async def first(self, provider: str) -> None:
-        await self.local.first(provider)
+        self.local.first_now(provider)
         self._pending[provider] = self._pending.get(provider, 0) + 1
         now = self.clock()
         if now - self._flushed.get(provider, float("-inf")) < self.FLUSH_S:

@@ -57,6 +57,7 @@ async def test_requests_on_the_path_are_counted_out_however_they_end(
     assert [a[0] for a in answers] == [200] * 12, answers
     assert executor._sync == 0
     executor.store = AcceptFails(executor.store)  # type: ignore[assignment]
+    executor._memory = None  # in process mode the store is called directly: fail it too
     status, body, _ = await post(gw, "assign", bodies[0])
     assert (status, body["code"]) == (503, "store_unavailable"), body
     assert executor._sync == 0
