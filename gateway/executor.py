@@ -187,12 +187,11 @@ class Executor:
                     raise _store_unavailable() from None
             await self._turn()
             try:
-                out = await self._run_sync(pc, rec, deadline, (first, end))
+                return await self._run_sync(pc, rec, deadline, (first, end))
             except GatewayError:
                 # The access line of a failed request names its operation and attempts.
                 logs.annotate(operation_id=rec.id, attempts=rec.attempts)
                 raise
-            return out
         finally:
             self._sync -= 1
 
