@@ -76,6 +76,11 @@ WITHDRAWN_TTL_S = 3600.0
 #: accept is told otherwise): an older one of its contact is then busy, not superseded,
 #: since the newer one may still withdraw.
 PENDING_S = 30.0
+#: The in-process store sweeps what can go stale (the pending marks of requests that
+#: never saved, locks left to expire) once there are more than this many, and then only
+#: once their number has doubled: however many requests are in flight (each holds one
+#: of each), a request pays amortized O(1) for the sweeps, not a walk of them all.
+SWEEP_AT = 1000
 
 
 def contact_key(tenant: str, contact: ContactRef) -> str:
@@ -349,6 +354,7 @@ class MemoryStore:
         self.due: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
         self.pending: dict[str, float] = {}  # op id -> until when (see PENDING_S)
+        self._sweep_pending_at = self._sweep_locks_at = SWEEP_AT
 
     def _lease(self, op_id: str) -> str | None:
         entry = self.leases.get(op_id)
@@ -376,9 +382,10 @@ class MemoryStore:
         self._accept(rec, pending_s)
 
     def _accept(self, rec: OpRecord, pending_s: float) -> None:
-        if len(self.pending) > 1000:  # an accepted request that never saved (cancelled)
+        if len(self.pending) > self._sweep_pending_at:  # requests that never saved (cancelled)
             t = self.clock()
             self.pending = {k: v for k, v in self.pending.items() if v > t}
+            self._sweep_pending_at = max(SWEEP_AT, 2 * len(self.pending))
         self.pending[rec.id] = self.clock() + pending_s
         rec.pending = True
         contact = rec.contact
@@ -498,9 +505,10 @@ class MemoryStore:
         return rec.copy(), self._lease(op_id) is not None
 
     async def claim(self, now: float, limit: int, lease_s: float, token: str) -> list[OpRecord]:
-        if len(self.locks) > 1000:  # locks left to expire (timeouts) are dropped here
+        if len(self.locks) > self._sweep_locks_at:  # locks left to expire (timeouts) go here
             for contact in list(self.locks):
                 self._holders(contact)
+            self._sweep_locks_at = max(SWEEP_AT, 2 * len(self.locks))
         out: list[OpRecord] = []
         while self._heap and self._heap[0][0] <= now and len(out) < limit:
             when, op_id = heapq.heappop(self._heap)
