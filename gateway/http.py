@@ -59,6 +59,13 @@ class RequestGuard(Protocol):
 GUARD = web.AppKey("request_guard", RequestGuard)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The label of a request no route takes (metrics and access lines).
+OTHER_ROUTE = "other"
+#: The name of the app's last route, which takes every request no other route takes.
+UNMATCHED = "unmatched"
+
+
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
 
@@ -128,13 +135,6 @@ def _request_id(request: web.Request) -> str:
     # A client's id is kept only when it is short and plain: it goes into logs and upstream.
     rid = request.headers.get("X-Request-ID", "")
     return rid if rid and _REQUEST_ID.match(rid) else ids.token_hex(8)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-#: The label of a request no route takes (metrics and access lines).
-OTHER_ROUTE = "other"
-#: The name of the app's last route, which takes every request no other route takes.
-UNMATCHED = "unmatched"
 
 
 @web.middleware
