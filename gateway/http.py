@@ -100,11 +100,22 @@ def add_route(app: web.Application, method: str, path: str, handler: Handler) ->
         app.router.add_route(method, path, serve)
 
 
+class _Anything(web.DynamicResource):
+    """A resource that matches every request target, those that are not a path too
+    (``OPTIONS *``): aiohttp's router would answer one no route matches itself, in
+    plain text, uncounted and unlogged. ``_match`` is aiohttp's hook for a resource's
+    own matching (abstract in ``web.Resource``)."""
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        return {"path": path}
+
+
 def add_unmatched_route(app: web.Application) -> None:
     """The app's last route: a request no other route takes is answered as every error
     is, 404, or 405 with ``Allow`` when its path takes other methods."""
-    app.router.add_route("*", "/{path:.*}", partial(problem_middleware, handler=_unmatched,
-                                                    route=OTHER_ROUTE), name=UNMATCHED)
+    resource = _Anything("/{path:.*}", name=UNMATCHED)
+    app.router.register_resource(resource)
+    resource.add_route("*", partial(problem_middleware, handler=_unmatched, route=OTHER_ROUTE))
 
 
 async def _unmatched(request: web.Request) -> web.StreamResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 from typing import Any
@@ -133,6 +134,14 @@ async def test_what_no_route_takes_is_answered_as_every_error_is(gw: Any) -> Non
         await _problem(resp, 405, "method_not_allowed")
         assert set(resp.headers["Allow"].split(",")) == allow
     assert (await gw.head("/healthz")).status == 200  # a GET route takes HEAD
+    # A request target that is not a path: aiohttp's router would answer it itself.
+    reader, writer = await asyncio.open_connection(gw.server.host, gw.server.port)
+    try:
+        writer.write(b"OPTIONS * HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        head = (await asyncio.wait_for(reader.read(4096), 5)).split(b"\r\n\r\n")[0].lower()
+    finally:
+        writer.close()
+    assert head.startswith(b"http/1.1 404") and b"application/problem+json" in head
     text = await (await gw.get("/metrics")).text()
     assert 'route="other"' in text and "/{path}" not in text
 
