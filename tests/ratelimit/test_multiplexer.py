@@ -49,7 +49,9 @@ def running(server: RedisServer) -> Iterator[RedisServer]:
 
 
 async def test_every_reply_reaches_its_own_caller(redis_server: RedisServer) -> None:
-    async with client(redis_server.url) as redis:
+    # 2,000 scripts in one write: on a slow host Redis takes more than the gateway's
+    # 0.25 s to answer them all, and this test is about order, not about timeouts.
+    async with client(redis_server.url, timeout_s=5.0) as redis:
         script = Script(redis, _ECHO)
         await script(keys=["k"], args=["warm"])
         before = (await redis.info("stats"))["total_reads_processed"]
