@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from functools import partial
 
 from aiohttp import web
@@ -12,7 +11,7 @@ from gateway import idempotency, logs
 from gateway.config import ClientSpec
 from gateway.dryrun import dry_run
 from gateway.executor import EXECUTOR
-from gateway.http import json_response, read_body
+from gateway.http import Handler, json_response, read_body
 from gateway.lifecycle import runtime_of
 from gateway.models import AssignRequest, UnassignRequest
 from gateway.ratelimit import check_client, gate_for
@@ -28,8 +27,6 @@ from gateway.runtime import (
 from gateway.service import Done, plan
 from gateway.spi import Operation
 from gateway.upstream import Call
-
-Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def authenticate(request: web.Request) -> ClientSpec:
