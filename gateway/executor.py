@@ -179,76 +179,76 @@ class Executor:
         try:
             hold, pending = _hold(end, loop), pc.config.retry.deadline_s + PENDING_MARGIN_S
             if self._memory is not None:
-                first = self._memory.accept_begin_now(rec, hold, pending)
+                begun = self._memory.accept_begin_now(rec, hold, pending)
             else:
                 try:  # as _guard does, without a coroutine of its own on every request
-                    first = await self.store.accept_begin(rec, now, hold, pending)
+                    begun = await self.store.accept_begin(rec, now, hold, pending)
                 except REDIS_ERRORS:
                     raise _store_unavailable() from None
             await self._turn()
+            # The attempts, in this frame: a coroutine of their own would be one more
+            # frame that every suspension of every request resumes.
+            first: tuple[Begin, float] | None = (begun, end)
+            last: tuple[GatewayError, bool] | None = None  # the error a retry follows; paced?
             try:
-                return await self._run_sync(pc, rec, deadline, (first, end))
+                while True:
+                    if first is not None and (
+                            first[0] != "busy"
+                            or deadline - loop.time() < BUSY_POLL_S + MIN_ATTEMPT_S):
+                        got, end = first  # what _acquire would answer at once
+                    else:
+                        got, end = await self._acquire(pc, rec, deadline, first)
+                    first = None
+                    if got != "ok" or deadline - loop.time() < MIN_ATTEMPT_S:
+                        # Superseded, or the contact stayed busy: the background resolves it.
+                        return await self._queue(rec, self.wall())
+                    try:
+                        # Bounded by the lock it holds, not only by the request's deadline:
+                        # an attempt that outlived its lock could land after a newer one's.
+                        outcome = await self._attempt(pc, rec, end)
+                    except RateLimited as err:
+                        if last is None:  # the first attempt: the client is told to slow
+                            # down. Refused before its first exchange (attempts went back to
+                            # 0), it asked nothing of the provider: it withdraws, so a queued
+                            # older operation it replaced is not superseded by a request
+                            # that never happened.
+                            await self._fail(rec, err, lease=None, withdraw=rec.attempts == 0)
+                            raise
+                        # The gateway's own limiter has no slot for this retry within the
+                        # deadline. A retry the provider paced (449, Retry-After) goes to
+                        # the background, which can wait for the slot; a backoff retry ends
+                        # as the upstream answer it followed left it, as a retry past the
+                        # deadline would: the client learns what went wrong upstream.
+                        if last[1]:
+                            return await self._queue(
+                                rec, self.wall() + (err.retry_after or 1.0))
+                        await self._fail(rec, last[0], lease=None)
+                        try:
+                            raise last[0] from None
+                        finally:
+                            last = None  # the error's traceback holds this frame: no cycle
+                    except GatewayError as err:
+                        step = await self._sync_retry(pc, rec, err, deadline - loop.time())
+                        if step is None:
+                            # A bare raise, here: raised from a frame that keeps ``err``
+                            # (as _sync_retry's parameter), the error's traceback would hold
+                            # that frame and the frame the error, a cycle that keeps the
+                            # whole request alive until a full collection.
+                            raise
+                        queue, wait, paced = step
+                        if queue:
+                            return await self._queue(rec, self.wall() + wait)
+                        # A copy without the traceback, which holds this frame (a cycle).
+                        last = (copy.copy(err), paced)
+                        await asyncio.sleep(wait)
+                    else:
+                        return await self._succeed(pc, rec, outcome)
             except GatewayError:
                 # The access line of a failed request names its operation and attempts.
                 logs.annotate(operation_id=rec.id, attempts=rec.attempts)
                 raise
         finally:
             self._sync -= 1
-
-    async def _run_sync(self, pc: ProviderClient, rec: OpRecord, deadline: float,
-                        first: tuple[Begin, float] | None = None) -> Done | Queued:
-        loop = asyncio.get_running_loop()
-        last: tuple[GatewayError, bool] | None = None  # the error a retry follows; paced?
-        while True:
-            if first is not None and (first[0] != "busy"
-                                      or deadline - loop.time() < BUSY_POLL_S + MIN_ATTEMPT_S):
-                got, end = first  # what _acquire would answer at once, without its coroutine
-            else:
-                got, end = await self._acquire(pc, rec, deadline, first)
-            first = None
-            if got != "ok" or deadline - loop.time() < MIN_ATTEMPT_S:
-                # Superseded, or the contact stayed busy: the background resolves it.
-                return await self._queue(rec, self.wall())
-            try:
-                # Bounded by the lock it holds, not only by the request's deadline: an
-                # attempt that outlived its lock could land after a newer operation's.
-                outcome = await self._attempt(pc, rec, end)
-            except RateLimited as err:
-                if last is None:  # the first attempt: the client is told to slow down
-                    # Refused before its first exchange (attempts went back to 0), it
-                    # asked nothing of the provider: it withdraws, so a queued older
-                    # operation it replaced is not superseded by a request that
-                    # never happened.
-                    await self._fail(rec, err, lease=None, withdraw=rec.attempts == 0)
-                    raise
-                # The gateway's own limiter has no slot for this retry within the
-                # deadline. A retry the provider paced (449, Retry-After) goes to the
-                # background, which can wait for the slot; a backoff retry ends as the
-                # upstream answer it followed left it, as a retry past the deadline
-                # would: the client learns what went wrong upstream.
-                if last[1]:
-                    return await self._queue(rec, self.wall() + (err.retry_after or 1.0))
-                await self._fail(rec, last[0], lease=None)
-                try:
-                    raise last[0] from None
-                finally:
-                    last = None  # the raised error's traceback holds this frame: no cycle
-            except GatewayError as err:
-                step = await self._sync_retry(pc, rec, err, deadline - loop.time())
-                if step is None:
-                    # A bare raise, here: raised from a frame that keeps ``err`` (as
-                    # _sync_retry's parameter), the error's traceback would hold that
-                    # frame and the frame the error, a cycle that keeps the whole
-                    # request alive until a full collection.
-                    raise
-                queue, wait, paced = step
-                if queue:
-                    return await self._queue(rec, self.wall() + wait)
-                # A copy without the traceback, which holds this frame (a cycle).
-                last = (copy.copy(err), paced)
-                await asyncio.sleep(wait)
-            else:
-                return await self._succeed(pc, rec, outcome)
 
     async def _acquire(self, pc: ProviderClient, rec: OpRecord, deadline: float,
                        first: tuple[Begin, float] | None = None) -> tuple[Begin, float]:

@@ -13,7 +13,7 @@ from gateway.dryrun import dry_run
 from gateway.executor import EXECUTOR
 from gateway.http import Handler, json_response, read_body
 from gateway.lifecycle import runtime_of
-from gateway.models import AssignRequest, UnassignRequest
+from gateway.models import AssignRequest, Queued, UnassignRequest
 from gateway.ratelimit import check_client, gate_for
 from gateway.redis_conn import REDIS_ERRORS
 from gateway.runtime import (
@@ -24,7 +24,7 @@ from gateway.runtime import (
     RUNTIME,
     Runtime,
 )
-from gateway.service import Done, plan
+from gateway.service import Done, Plan, plan
 from gateway.spi import Operation
 from gateway.upstream import Call
 
@@ -52,7 +52,12 @@ def _writer(operation: Operation, model: type[UnassignRequest]) -> Handler:
         if idempotency.HEADER in request.headers:
             return await idempotency.guarded(request, client.name, operation, body,
                                              partial(_run, request, rt, client, operation, body))
-        return await _run(request, rt, client, operation, body)
+        # As _run, in this frame: a coroutine of its own would be one more frame that
+        # every suspension of the request resumes.
+        prefer_async = _prefers_async(request)
+        return _answer(await request.app[EXECUTOR].submit(
+            rt, _plan(rt, client, operation, body), request[REQUEST_ID], prefer_async),
+            prefer_async)
 
     handler.__name__ = handler.__qualname__ = operation
     return handler
@@ -61,10 +66,20 @@ def _writer(operation: Operation, model: type[UnassignRequest]) -> Handler:
 async def _run(request: web.Request, rt: Runtime, client: ClientSpec, operation: Operation,
                body: UnassignRequest) -> web.Response:
     """Plan, then run within the provider's deadline (200), or queue (202 and Location)."""
+    prefer_async = _prefers_async(request)
+    return _answer(await request.app[EXECUTOR].submit(
+        rt, _plan(rt, client, operation, body), request[REQUEST_ID], prefer_async),
+        prefer_async)
+
+
+def _plan(rt: Runtime, client: ClientSpec, operation: Operation, body: UnassignRequest) -> Plan:
     p = plan(rt.config, rt.providers, client, operation, body)
     logs.annotate_plan(p)
-    prefer_async = _prefers_async(request)
-    out = await request.app[EXECUTOR].submit(rt, p, request[REQUEST_ID], prefer_async)
+    return p
+
+
+def _answer(out: Done | Queued, prefer_async: bool) -> web.Response:
+    """200 with the result, or 202 with ``Location`` (and ``Preference-Applied``)."""
     logs.annotate_result(out)
     if isinstance(out, Done):
         return json_response(out.body)
@@ -77,8 +92,7 @@ async def _run(request: web.Request, rt: Runtime, client: ClientSpec, operation:
 async def _dry_run(request: web.Request, rt: Runtime, client: ClientSpec,
                    operation: Operation, body: UnassignRequest) -> web.Response:
     """Resolve and check against the tenant's current provider; reads only."""
-    p = plan(rt.config, rt.providers, client, operation, body)
-    logs.annotate_plan(p)
+    p = _plan(rt, client, operation, body)
     pc = rt.providers[p.provider]
     deadline = asyncio.get_running_loop().time() + pc.config.retry.deadline_s
     call = Call(pc, deadline, {"X-Request-ID": request[REQUEST_ID]},

@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, Protocol, TypeVar, cast
@@ -254,8 +254,8 @@ class OperationStore(Protocol):
         """``accept`` then ``begin``, atomically and in one step where the store can."""
         ...
 
-    async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
-                   unlock: bool = True, withdraw: bool = False) -> bool:
+    def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
+             unlock: bool = True, withdraw: bool = False) -> Awaitable[bool]:
         """Write ``rec``; due: queue it for then (None: off the queue). ``lease``: only if
         still held, then released. ``unlock``: release the contact lock if ``rec`` holds it.
         The first save after ``accept`` makes the operation ``rec`` replaced due now if it

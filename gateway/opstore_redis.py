@@ -392,11 +392,16 @@ class DegradingStore:
                 self._degrade(rec)
         return await self.local.begin(rec, hold_s)
 
-    async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
-                   unlock: bool = True, withdraw: bool = False) -> bool:
-        if rec.id not in self._local_ops:
-            return await self.shared.save(rec, due=due, lease=lease, unlock=unlock,
-                                          withdraw=withdraw)
+    def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
+             unlock: bool = True, withdraw: bool = False) -> Awaitable[bool]:
+        if rec.id not in self._local_ops:  # Redis's, with no coroutine of this store's own
+            return self.shared.save(rec, due=due, lease=lease, unlock=unlock,
+                                    withdraw=withdraw)
+        return self._save_local(rec, due=due, lease=lease, unlock=unlock, withdraw=withdraw)
+
+    async def _save_local(self, rec: OpRecord, *, due: float | None, lease: str | None,
+                          unlock: bool, withdraw: bool) -> bool:
+        """The save of an operation accepted in this replica's memory (Redis was away)."""
         self._local_ops.pop(rec.id, None)
         if due is not None:
             self.local.unlock(rec)

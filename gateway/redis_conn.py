@@ -13,7 +13,7 @@ import collections
 import hashlib
 import ssl
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -202,20 +202,29 @@ class Multiplexer:
         self._link: _Link | None = None
         self._connecting: asyncio.Future[_Link] | None = None
 
-    async def execute(self, *args: Any) -> Any:
-        """One command; raises what redis-py raises (REDIS_ERRORS)."""
+    async def execute(self, *args: Any, script: Script | None = None) -> Any:
+        """One command; raises what redis-py raises (REDIS_ERRORS). ``script``: the
+        script an ``EVALSHA`` runs, sent once with ``EVAL`` should Redis not have it
+        (restarted or flushed), within the same deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         payload = hiredis.pack_command(args)
-        for _ in range(2):
+        resent = False  # once on a new connection, after one closed under the command
+        for _ in range(3):  # at most: the command, once more after a close, EVAL
             link, fresh = self._link, False
             if link is None or link.closed:
                 link, fresh = await self._connected(deadline), True
             try:
                 return await link.call(payload, deadline)
             except RedisConnectionError:
-                if fresh or not link.closed or loop.time() >= deadline:
+                if fresh or resent or not link.closed or loop.time() >= deadline:
                     raise
+                resent = True
+            except NoScriptError:
+                if script is None:
+                    raise
+                payload = hiredis.pack_command(("EVAL", script.source, *args[2:]))
+                script = None
         raise RedisConnectionError("Redis closed two connections in a row")
 
     async def _connected(self, deadline: float) -> _Link:
@@ -307,11 +316,9 @@ class Script:
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
         self.pool = multiplexer(redis)
 
-    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        try:
-            return await self.pool.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:  # a restarted or flushed Redis: EVAL loads it again
-            return await self.pool.execute("EVAL", self.source, len(keys), *keys, *args)
+    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Awaitable[Any]:
+        # No coroutine of its own: the multiplexer sends EVAL should Redis answer NOSCRIPT.
+        return self.pool.execute("EVALSHA", self.sha, len(keys), *keys, *args, script=self)
 
 
 async def close(redis: aioredis.Redis) -> None:
