@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 
@@ -45,6 +46,29 @@ def test_phones_become_e164(raw: str, region: str, e164: str) -> None:
 def test_bad_phones_are_refused(raw: str) -> None:
     with pytest.raises(InvalidRequest):
         normalize_phone(raw, "US")
+
+
+def test_phone_spellings_are_kept_and_each_answers_as_the_first_time() -> None:
+    """The E.164 form of a spelling is parsed once: phonenumbers is the dearest step of
+    a plan. A refusal kept reads as the first one did, with the field of its caller."""
+    from gateway import identifiers
+
+    identifiers._e164.cache_clear()
+    with patch.object(identifiers.phonenumbers, "parse",
+                      wraps=identifiers.phonenumbers.parse) as parse:
+        for _ in range(3):
+            assert normalize_phone("+1 (555) 123-4567", "US") == "+15551234567"
+            assert normalize_phone("9 1234 5678", "CL") == "+56912345678"  # region: in the key
+        assert parse.call_count == 2
+        errors = []
+        for field in ("contact.phone", "x.phone"):
+            with pytest.raises(InvalidRequest) as e:
+                normalize_phone("+1555123456789012345", "US", field)
+            errors.append(e.value.problem()["errors"])
+        assert parse.call_count == 3
+    assert errors == [[{"field": "contact.phone", "message": "not a phone number"}],
+                      [{"field": "x.phone", "message": "not a phone number"}]]
+    assert identifiers._e164.cache_info().maxsize == identifiers.PHONE_CACHE  # bounded
 
 
 def test_emails() -> None:
