@@ -18,7 +18,6 @@ unreachable, keys first seen then are kept in this replica's memory.
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -29,7 +28,7 @@ from cachetools import TTLCache
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from gateway import redis_keys
+from gateway import ids, redis_keys
 from gateway.errors import (
     ALL_ERRORS,
     GatewayError,
@@ -39,6 +38,7 @@ from gateway.errors import (
     RequestInProgress,
     UpstreamAuthFailed,
 )
+from gateway.expiring import Expiring
 from gateway.redis_conn import REDIS_ERRORS, Script
 from gateway.runtime import REDIS, RUNTIME, SERVICES
 
@@ -83,10 +83,18 @@ class IdempotencyStore(Protocol):
         ...
 
 
+#: The most keys this replica keeps in memory (the oldest written go first).
+MEMORY_KEYS = 200_000
+
+
 class MemoryIdempotency:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
-        self.entries: TTLCache[str, tuple[Entry, float]] = TTLCache(200_000, KEEP_S, timer=clock)
+        # Each entry also carries its own expiry (a claim's is short). Not cachetools'
+        # TTLCache: pure Python with a linked list per entry, its claim and finish cost
+        # 15 us a request, 28 us once it held 50,000 keys; this map is O(1) (8 us less
+        # even when small).
+        self.entries: Expiring[str, tuple[Entry, float]] = Expiring(MEMORY_KEYS, KEEP_S, clock)
 
     def _get(self, scope: str) -> Entry | None:
         found = self.entries.get(scope)
@@ -108,7 +116,7 @@ class MemoryIdempotency:
     async def release(self, scope: str, nonce: str) -> None:
         current = self._get(scope)
         if current is not None and current.nonce == nonce:
-            del self.entries[scope]
+            self.entries.pop(scope)
 
 
 _CLAIM = """
@@ -233,7 +241,7 @@ async def guarded(request: web.Request, client: str, operation: str, body: BaseM
         return await run()
     store = request.app[IDEMPOTENCY]
     scope = redis_keys.idempotency(client, hashlib.sha256(key.encode()).hexdigest())
-    mine = Entry(fingerprint(operation, body), secrets.token_hex(8))
+    mine = Entry(fingerprint(operation, body), ids.token_hex(8))
     existing = await store.claim(scope, mine, _claim_ttl(request.app))
     # The entry may be this very claim's: a claim whose reply was lost with its
     # connection is sent again (gateway.redis_conn), and the second run finds the first.

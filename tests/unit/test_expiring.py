@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.operations import Expiring
+from gateway.expiring import Expiring
 
 
 def test_bounded_by_count_oldest_written_first() -> None:
