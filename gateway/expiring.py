@@ -27,10 +27,10 @@ class Expiring(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._data)
 
-    def get(self, key: K) -> V | None:
+    def get(self, key: K, default: V | None = None) -> V | None:
         entry = self._data.get(key)
         if entry is None or entry[0] <= self.clock():
-            return None
+            return default
         return entry[1]
 
     def __contains__(self, key: object) -> bool:
@@ -55,6 +55,9 @@ class Expiring(Generic[K, V]):
             if not data or next(iter(data.values()))[0] > now:
                 return
             data.popitem(last=False)
+
+    def clear(self) -> None:
+        self._data.clear()
 
     def pop(self, key: K) -> V | None:
         entry = self._data.pop(key, None)

