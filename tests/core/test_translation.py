@@ -71,6 +71,21 @@ def test_phone_spellings_are_kept_and_each_answers_as_the_first_time() -> None:
     assert identifiers._e164.cache_info().maxsize == identifiers.PHONE_CACHE  # bounded
 
 
+def test_email_spellings_are_kept_and_each_answers_as_the_first_time() -> None:
+    from gateway import identifiers
+
+    identifiers._email.cache_clear()
+    for _ in range(3):
+        assert normalize_email(" Jane@Acme.COM ", "assignee.email") == "jane@acme.com"
+    info = identifiers._email.cache_info()
+    assert (info.misses, info.hits, info.maxsize) == (1, 2, identifiers.EMAIL_CACHE)
+    for field in ("contact.email", "assignee.email"):
+        with pytest.raises(InvalidRequest) as e:
+            normalize_email("a/b@acme.com", field)
+        assert e.value.problem()["errors"] == [
+            {"field": field, "message": "not an email address this gateway accepts"}]
+
+
 def test_emails() -> None:
     assert normalize_email(" Jane.Doe+x@Acme.COM ", "f") == "jane.doe+x@acme.com"
     for bad in ("a/b@x.com", "a@x", "a..b@x.com", ".a@x.com", "a@x.com/..", "a%2f@x.com",
