@@ -29,8 +29,10 @@ from gateway.spi import Operation
 from gateway.upstream import Call
 
 
-def authenticate(request: web.Request) -> ClientSpec:
-    client = runtime_of(request).auth.authenticate(request.headers.get("Authorization"))
+def authenticate(request: web.Request, rt: Runtime | None = None) -> ClientSpec:
+    """The client of the request's key; ``rt``: its runtime, when the caller has it."""
+    auth = (rt or runtime_of(request)).auth
+    client = auth.authenticate(request.headers.get("Authorization"))
     logs.annotate_client(client.name)
     return client
 
@@ -41,9 +43,9 @@ def _writer(operation: Operation, model: type[UnassignRequest]) -> Handler:
     each layer would be a frame that every suspension of the request resumes."""
 
     async def handler(request: web.Request) -> web.Response:
-        rt = runtime_of(request)
-        client = authenticate(request)
-        pending = check_client(request, client)  # the client's own budget, before any work
+        rt, app = runtime_of(request), request.app  # a property: read once
+        client = authenticate(request, rt)
+        pending = check_client(app, client)  # the client's own budget, before any work
         if pending is not None:
             await pending
         body = await read_body(request, model)
@@ -55,7 +57,7 @@ def _writer(operation: Operation, model: type[UnassignRequest]) -> Handler:
         # As _run, in this frame: a coroutine of its own would be one more frame that
         # every suspension of the request resumes.
         prefer_async = _prefers_async(request)
-        return _answer(await request.app[EXECUTOR].submit(
+        return _answer(await app[EXECUTOR].submit(
             rt, _plan(rt, client, operation, body), request[REQUEST_ID], prefer_async),
             prefer_async)
 

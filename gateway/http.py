@@ -163,7 +163,8 @@ async def problem_middleware(request: web.Request, handler: Handler,
     token = logs.begin(rec)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    guard = request.app.get(GUARD)
+    app = request.app  # a property that looks the app up: read once
+    guard = app.get(GUARD)
     try:
         try:
             try:
@@ -204,7 +205,7 @@ async def problem_middleware(request: web.Request, handler: Handler,
         raise
     finally:
         rec.duration_s = loop.time() - start
-        request.app[METRICS].request(rec.route, rec.code, rec.duration_s)
+        app[METRICS].request(rec.route, rec.code, rec.duration_s)
         logs.emit(rec)
         logs.end(token)
 

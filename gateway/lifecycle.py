@@ -133,7 +133,7 @@ class LifecycleGuard:
         if self.lifecycle.draining and route not in _ALWAYS:
             raise ShuttingDown("this replica is shutting down; retry on another",
                                retry_after=1)
-        runtime = request.app[RUNTIME]
+        runtime = self.lifecycle.runtime  # not request.app's: a look-up per request
         request[PINNED] = runtime
         runtime.enter()
         return runtime

@@ -57,12 +57,12 @@ def build_limiter(app: web.Application, probe_interval_s: float) -> Limiter:
     return Limiter(backend, metrics, policy, clock=clock)
 
 
-def check_client(request: web.Request, client: ClientSpec) -> Awaitable[None] | None:
+def check_client(app: web.Application, client: ClientSpec) -> Awaitable[None] | None:
     """Start the request's budget and spend the client's bucket (``RateLimited`` if
     spent). None when the answer is already in (in-process buckets), else an awaitable
     that gives it: see :meth:`Limiter.check_client`."""
     BUDGET.set(Budget())
-    return request.app[LIMITER].check_client(client)
+    return app[LIMITER].check_client(client)
 
 
 def add_headers(response: web.StreamResponse) -> None:
