@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.instructions [--ref HEAD~1] [--system gateway]
         [--requests 1000] [--warmup 300] [--connections 1] [--repeat 2]
+        [--body id|phone|canonical] [--idempotency]
 
 This host's CPU time per request swings by 2x between rounds (other tenants), so a
 change worth 2% cannot be seen in wall or CPU time. ``valgrind --tool=callgrind``
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import re
 import shutil
 import subprocess
@@ -51,9 +53,23 @@ CONTROL_TIMEOUT_S = 120.0
 _TOTALS = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
 
-async def drive(url: str, requests: int, connections: int) -> int:
+#: The bodies ``--body`` names: the benchmark's own (``id``, as ``make bench`` posts it),
+#: a phone contact, and DESIGN's canonical example (a phone contact, an assignee email).
+BODIES = {
+    "id": BODY,
+    "phone": b'{"tenant":"bench","contact":{"phone":"+1 (555) 123-4567"},'
+             b'"assignee":{"id":"17"},"mode":"replace"}',
+    "canonical": b'{"tenant":"bench","contact":{"phone":"+15551234567"},'
+                 b'"assignee":{"email":"jane@acme.com"},"mode":"replace"}',
+}
+_KEYS = itertools.count()
+
+
+async def drive(url: str, requests: int, connections: int, body: bytes = BODY,
+                idempotency: bool = False) -> int:
     """Send ``requests`` assigns over ``connections`` keep-alive connections; the
-    number answered 200 (anything else is an error of the run)."""
+    number answered 200 (anything else is an error of the run). ``idempotency``: each
+    with an ``Idempotency-Key`` of its own."""
     headers = {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"}
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=connections)
@@ -64,7 +80,9 @@ async def drive(url: str, requests: int, connections: int) -> int:
         nonlocal ok, left
         while left > 0:
             left -= 1
-            async with session.post(url, data=BODY, headers=headers) as resp:
+            sent = {**headers, "Idempotency-Key": f"bench-{next(_KEYS)}"} if idempotency \
+                else headers
+            async with session.post(url, data=body, headers=sent) as resp:
                 await resp.read()
                 if resp.status != 200:
                     raise RuntimeError(f"POST {url}: {resp.status}")
@@ -95,8 +113,9 @@ class Harness:
     """Runs the systems under callgrind against one fake upstream (and one Redis)."""
 
     def __init__(self, procs: Procs, *, requests: int, warmup: int,
-                 connections: int) -> None:
+                 connections: int, body: bytes = BODY, idempotency: bool = False) -> None:
         self.procs = procs
+        self.body, self.idempotency = body, idempotency
         self.requests, self.warmup, self.connections = requests, warmup, connections
         self.py = sys.executable
         self.upstream = free_port()
@@ -149,10 +168,11 @@ class Harness:
             else:
                 wait_http_ok(f"http://127.0.0.1:{port}/readyz", proc, timeout_s=300)
                 check_assign(url, "bench")
-            asyncio.run(drive(url, self.warmup, self.connections))
+            asyncio.run(drive(url, self.warmup, self.connections, self.body, self.idempotency))
             control(proc.pid, "-i", "on")
             started = time.monotonic()
-            answered = asyncio.run(drive(url, self.requests, self.connections))
+            answered = asyncio.run(drive(url, self.requests, self.connections, self.body,
+                                         self.idempotency))
             control(proc.pid, "-d")
             control(proc.pid, "-i", "off")
             total = dumped_total(outdir, proc.pid)
@@ -202,7 +222,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--connections", type=int, default=1)
     p.add_argument("--repeat", type=int, default=1, help="runs per version (shows spread)")
+    p.add_argument("--body", choices=sorted(BODIES), default="id",
+                   help="the assign posted (make bench posts id)")
+    p.add_argument("--idempotency", action="store_true",
+                   help="each request with an Idempotency-Key of its own")
     args = p.parse_args(argv)
+    if args.system in ("passthrough", "floor") and (args.body != "id" or args.idempotency):
+        p.error(f"the {args.system} serves the id body only")
     if args.ref and args.system in ("passthrough", "floor"):
         p.error(f"--ref compares gateway code; the {args.system} has no other version")
     return args
@@ -218,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs = Procs(Path(tmp), cores=None)
         try:
             h = Harness(procs, requests=args.requests, warmup=args.warmup,
-                        connections=args.connections)
+                        connections=args.connections, body=BODIES[args.body],
+                        idempotency=args.idempotency)
             h.start_upstreams(redis=args.system == "gateway-redis")
             versions = {"this tree": ROOT}
             if args.ref:
@@ -228,8 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for v, source in versions.items():
                     counts[v].append(h.count(args.system, f"{args.system} ({v}) r{r + 1}",
                                              source))
+            what = f"body {args.body}" + (", Idempotency-Key" if args.idempotency else "")
             print(f"\n{args.system}, {args.connections} connection(s), {args.requests} "
-                  "requests per run; instructions per request:")
+                  f"requests per run, {what}; instructions per request:")
             for v, cs in counts.items():
                 spread = f" (runs: {', '.join(f'{c:,.0f}' for c in cs)})" if len(cs) > 1 else ""
                 print(f"  {v}: {min(cs):,.0f}{spread}")
