@@ -8,6 +8,7 @@ from unittest.mock import patch
 
 import pytest
 
+from gateway import identifiers
 from gateway.errors import AssigneeNotFound, InvalidRequest, UpstreamServerError
 from gateway.identifiers import check_provider_id, normalize_email, normalize_phone
 from gateway.spi import encode_path
@@ -51,8 +52,6 @@ def test_bad_phones_are_refused(raw: str) -> None:
 def test_phone_spellings_are_kept_and_each_answers_as_the_first_time() -> None:
     """The E.164 form of a spelling is parsed once: phonenumbers is the dearest step of
     a plan. A refusal kept reads as the first one did, with the field of its caller."""
-    from gateway import identifiers
-
     identifiers._e164.cache_clear()
     with patch.object(identifiers.phonenumbers, "parse",
                       wraps=identifiers.phonenumbers.parse) as parse:
@@ -72,8 +71,6 @@ def test_phone_spellings_are_kept_and_each_answers_as_the_first_time() -> None:
 
 
 def test_email_spellings_are_kept_and_each_answers_as_the_first_time() -> None:
-    from gateway import identifiers
-
     identifiers._email.cache_clear()
     for _ in range(3):
         assert normalize_email(" Jane@Acme.COM ", "assignee.email") == "jane@acme.com"
