@@ -205,12 +205,12 @@ class Multiplexer:
     async def execute(self, *args: Any, script: Script | None = None) -> Any:
         """One command; raises what redis-py raises (REDIS_ERRORS). ``script``: the
         script an ``EVALSHA`` runs, sent once with ``EVAL`` should Redis not have it
-        (restarted or flushed), within the same deadline."""
+        (restarted or flushed), as a command of its own: with a deadline of its own."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         payload = hiredis.pack_command(args)
         resent = False  # once on a new connection, after one closed under the command
-        for _ in range(3):  # at most: the command, once more after a close, EVAL
+        for _ in range(4):  # at most: the command and once more after a close, twice
             link, fresh = self._link, False
             if link is None or link.closed:
                 link, fresh = await self._connected(deadline), True
@@ -224,7 +224,8 @@ class Multiplexer:
                 if script is None:
                     raise
                 payload = hiredis.pack_command(("EVAL", script.source, *args[2:]))
-                script = None
+                script, resent = None, False
+                deadline = loop.time() + self.timeout_s
         raise RedisConnectionError("Redis closed two connections in a row")
 
     async def _connected(self, deadline: float) -> _Link:
