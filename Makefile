@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit system-deps bench soak clean cluster
+.PHONY: run test lint typecheck unit system-deps native bench soak clean cluster
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 # Debian packages the tests need: installed when missing and we are root,
 # otherwise named so a person can install them.
-SYSTEM_TOOLS := redis-server:redis-server prometheus:prometheus promtool:prometheus
+SYSTEM_TOOLS := redis-server:redis-server prometheus:prometheus promtool:prometheus gcc:gcc
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
@@ -33,7 +33,13 @@ system-deps:
 	  fi; \
 	fi
 
-run: $(STAMP)
+# The hot modules compiled with mypyc into build/native (gateway/_native.py): a no-op
+# when the build there is of these sources; the gateway runs them only then.
+native: $(STAMP)
+	@$(MAKE) --no-print-directory system-deps SYSTEM_TOOLS=gcc:gcc
+	$(BIN)/python -c 'from gateway import _native; _native.main(["build"])'
+
+run: native
 	$(BIN)/gateway serve --config config/sandbox.yaml --with-sandboxes
 
 # Redis, two replicas and the sandboxes as local processes (no containers).
@@ -46,13 +52,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy gateway providers
 
-test: $(STAMP) system-deps lint typecheck
+# Every test against the compiled modules, then the end-to-end and core tests again as
+# plain Python (GATEWAY_NATIVE=0), as an install without a build runs them.
+test: $(STAMP) system-deps lint typecheck native
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+	GATEWAY_NATIVE=0 $(BIN)/pytest -q -p no:cacheprovider tests/e2e tests/core tests/unit
 
 # The gateway next to a bare passthrough (writes bench/RESULTS.md, bench/results.json).
 # Needs wrk and valgrind as well, installed like the tests' packages; about 8 minutes.
 BENCH_ARGS ?=
-bench: $(STAMP)
+bench: native
 	@$(MAKE) --no-print-directory system-deps SYSTEM_TOOLS="$(SYSTEM_TOOLS) wrk:wrk valgrind:valgrind"
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
@@ -60,9 +69,9 @@ bench: $(STAMP)
 # (SOAK_S seconds), and Redis killed three times during 10,000 requests. The soak
 # writes its numbers into bench/RESULTS.md (between its soak markers).
 SOAK_S ?= 1800
-soak: $(STAMP) system-deps
+soak: $(STAMP) system-deps native
 	HARDENING_SOAK_S=$(SOAK_S) HARDENING_REDIS_REQUESTS=10000 $(BIN)/pytest -q -rx \
 	  tests/hardening/test_soak.py tests/hardening/test_redis_kill.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

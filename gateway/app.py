@@ -6,6 +6,7 @@ and closed together in ``cleanup_ctx``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -13,14 +14,17 @@ from aiohttp import web
 from gateway import handlers, redis_conn
 from gateway.auth import ClientAuth
 from gateway.config import Config
-from gateway.executor import setup_operations
+from gateway.executor import EXECUTOR, Executor, GateFactory
 from gateway.http import MAX_BODY, UNMATCHED, add_route, add_unmatched_route, dumps
 from gateway.idempotency import setup_idempotency
 from gateway.lifecycle import setup_lifecycle
 from gateway.metrics import Metrics, metrics_from_env
 from gateway.openapi import build_openapi
+from gateway.operations import MemoryStore, OperationStore
+from gateway.opstore_redis import DegradingStore, RedisStore
 from gateway.ratelimit import gate_for, setup_ratelimit
 from gateway.redis_conn import connect
+from gateway.retry import MemoryBudget, RedisBudget, RetryBudget
 from gateway.runtime import (
     METRICS,
     OPENAPI,
@@ -34,6 +38,8 @@ from gateway.runtime import (
 )
 
 __all__ = ["Services", "create_app"]
+
+log = logging.getLogger("gateway")
 
 
 def create_app(config: Config, *, metrics: Metrics | None = None,
@@ -76,3 +82,27 @@ def create_app(config: Config, *, metrics: Metrics | None = None,
         add_route(app, method, path, handler)
     add_unmatched_route(app)  # last
     return app
+
+
+def setup_operations(app: web.Application, gate: GateFactory | None = None) -> None:
+    """Install the executor and its worker; add after the ctx that opens Redis and the runtime.
+
+    Here rather than in :mod:`gateway.executor`: an async generator cannot be compiled
+    (gateway/_native.py)."""
+
+    async def operations(app: web.Application) -> AsyncIterator[None]:
+        wall = app[SERVICES].wall_clock
+        redis = app.get(REDIS)
+        queue: OperationStore = MemoryStore(wall) if redis is None else RedisStore(redis)
+        store: OperationStore = queue
+        if isinstance(queue, RedisStore):
+            store = DegradingStore(queue, MemoryStore(wall))
+        budget: RetryBudget = MemoryBudget(wall) if redis is None else RedisBudget(redis, wall)
+        app[EXECUTOR] = executor = Executor(app, store, queue, budget, gate)
+        executor.worker.start()
+        log.info("operations: worker %s started, %s", executor.worker.token,
+                 "in Redis" if redis is not None else "in this process only (not durable)")
+        yield
+        await executor.worker.stop()
+
+    app.cleanup_ctx.append(operations)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from gateway import logs
+from gateway import _native, logs
 from gateway.app import create_app
 from gateway.auth import hash_key
 from gateway.config import Config, ConfigError, load_config
@@ -86,6 +86,7 @@ async def _serve(cfg: Config, path: str, with_sandboxes: bool) -> None:
                           shutdown_timeout=cfg.shutdown_grace_s)
     tune_gc()
     collector = asyncio.get_running_loop().create_task(_collect_young(GC_YOUNG_EVERY_S))
+    logging.getLogger("gateway").info("%s", _native.describe())
     print(f"gateway serving on http://{cfg.listen.host}:{cfg.listen.port}", flush=True)
     lifecycle = app[LIFECYCLE]
     loop = asyncio.get_running_loop()

@@ -24,7 +24,7 @@ import contextlib
 import copy
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiohttp import web
@@ -52,18 +52,17 @@ from gateway.operations import (
     problem_of,
     view,
 )
-from gateway.opstore_redis import DegradingStore, RedisStore
+from gateway.opstore_redis import DegradingStore
 from gateway.redis_conn import REDIS_ERRORS
 from gateway.retry import (
     UNBUDGETED,
     MemoryBudget,
-    RedisBudget,
     RetryBudget,
     background_action,
     next_retry,
     sync_action,
 )
-from gateway.runtime import METRICS, REDIS, RUNTIME, SERVICES, Runtime
+from gateway.runtime import METRICS, RUNTIME, SERVICES, Runtime
 from gateway.service import Done, Plan, result, run_command
 from gateway.spi import Outcome
 from gateway.upstream import Call, ProviderClient, UpstreamGate
@@ -213,7 +212,7 @@ class Executor:
                             # older operation it replaced is not superseded by a request
                             # that never happened.
                             await self._fail(rec, err, lease=None, withdraw=rec.attempts == 0)
-                            raise
+                            raise err  # named: see below
                         # The gateway's own limiter has no slot for this retry within the
                         # deadline. A retry the provider paced (449, Retry-After) goes to
                         # the background, which can wait for the slot; a backoff retry ends
@@ -230,11 +229,15 @@ class Executor:
                     except GatewayError as err:
                         step = await self._sync_retry(pc, rec, err, deadline - loop.time())
                         if step is None:
-                            # A bare raise, here: raised from a frame that keeps ``err``
-                            # (as _sync_retry's parameter), the error's traceback would hold
-                            # that frame and the frame the error, a cycle that keeps the
-                            # whole request alive until a full collection.
-                            raise
+                            # Here, not in _sync_retry: raised from a frame that keeps
+                            # ``err`` (as _sync_retry's parameter), the error's traceback
+                            # would hold that frame and the frame the error, a cycle that
+                            # keeps the whole request alive until a full collection (this
+                            # frame lets go of ``err`` as the error leaves the clause).
+                            # Named, not a bare raise: after an await in the clause, a
+                            # compiled coroutine's bare raise re-raises the exception the
+                            # task last handled, which may be another (gateway/_native.py).
+                            raise err
                         queue, wait, paced = step
                         if queue:
                             return await self._queue(rec, self.wall() + wait)
@@ -501,24 +504,3 @@ def _any_provider(app: web.Application) -> ProviderClient:
 
 
 EXECUTOR = web.AppKey("executor", Executor)
-
-
-def setup_operations(app: web.Application, gate: GateFactory | None = None) -> None:
-    """Install the executor and its worker; add after the ctx that opens Redis and the runtime."""
-
-    async def operations(app: web.Application) -> AsyncIterator[None]:
-        wall = app[SERVICES].wall_clock
-        redis = app.get(REDIS)
-        queue: OperationStore = MemoryStore(wall) if redis is None else RedisStore(redis)
-        store: OperationStore = queue
-        if isinstance(queue, RedisStore):
-            store = DegradingStore(queue, MemoryStore(wall))
-        budget: RetryBudget = MemoryBudget(wall) if redis is None else RedisBudget(redis, wall)
-        app[EXECUTOR] = executor = Executor(app, store, queue, budget, gate)
-        executor.worker.start()
-        log.info("operations: worker %s started, %s", executor.worker.token,
-                 "in Redis" if redis is not None else "in this process only (not durable)")
-        yield
-        await executor.worker.stop()
-
-    app.cleanup_ctx.append(operations)

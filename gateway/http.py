@@ -148,14 +148,14 @@ def _request_id(request: web.Request) -> str:
     return rid if rid and _REQUEST_ID.match(rid) else ids.token_hex(8)
 
 
-@web.middleware
 async def problem_middleware(request: web.Request, handler: Handler,
                              route: str | None = None) -> web.StreamResponse:
     """The one place errors become problem+json, and every request is counted and logged.
 
     The gateway's routes call it directly (:func:`add_route`), ``route`` given: an
     aiohttp middleware costs a layer of aiohttp's own per request (it sets the match's
-    current app around the handler). It also serves as a middleware (tests' apps).
+    current app around the handler). As an aiohttp middleware (tests' apps) it is
+    :data:`PROBLEM_MIDDLEWARE`.
     One coroutine around the handler, the app's guard included: a layer here would be
     a frame that every suspension of every request resumes."""
     rid = request[REQUEST_ID] = _request_id(request)
@@ -208,6 +208,12 @@ async def problem_middleware(request: web.Request, handler: Handler,
         app[METRICS].request(rec.route, rec.code, rec.duration_s)
         logs.emit(rec)
         logs.end(token)
+
+
+#: :func:`problem_middleware` as an aiohttp middleware. aiohttp marks a middleware with
+#: an attribute, which a compiled function cannot take (gateway/_native.py): the mark
+#: goes on a partial.
+PROBLEM_MIDDLEWARE = web.middleware(partial(problem_middleware))
 
 
 async def read_body(request: web.Request, model: type[M]) -> M:

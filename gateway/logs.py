@@ -176,15 +176,18 @@ class LineWriter:
         self._scheduled = False
         if not self._lines:
             return
-        data = memoryview(b"\n".join(self._lines) + b"\n")
+        data = b"\n".join(self._lines) + b"\n"
         self._lines.clear()
-        waits = 0
+        waits = sent = 0
         # Bounded: a blocking write takes >= 512 bytes unless a signal interrupts it.
+        # An offset, not a memoryview cut after each write: compiled, a memoryview is
+        # taken for bytes (gateway/_native.py). A slice that covers all of the bytes
+        # is the bytes themselves, not a copy.
         for _ in range(len(data) // 512 + 2 + MAX_WAITS):
-            if not data:
+            if sent >= len(data):
                 return
             try:
-                data = data[os.write(self.fd, data[:WRITE_CHUNK]):]
+                sent += os.write(self.fd, data[sent:sent + WRITE_CHUNK])
             except InterruptedError:
                 continue
             except BlockingIOError:

@@ -169,6 +169,10 @@ class OpRecord:
 
     def __post_init__(self) -> None:
         self.updated_at = self.updated_at or self.created_at
+        # Set here, not by their field defaults: a compiled dataclass leaves a field
+        # with init=False unset (gateway/_native.py).
+        self._contact = None
+        self._intent = None
 
     @property
     def contact(self) -> str:
@@ -212,10 +216,13 @@ class OpRecord:
         return cls(**data)
 
     def copy(self) -> OpRecord:
-        # A shallow copy without running __init__/__post_init__ again (dataclasses.replace
-        # would); the derived keys come along.
-        new = object.__new__(OpRecord)
-        new.__dict__.update(self.__dict__)
+        # A shallow copy, field by field (a compiled class has no __dict__ to copy;
+        # gateway/_native.py); the derived keys come along.
+        new = OpRecord(self.id, self.plan, self.request_id, self.created_at, self.give_up_at,
+                       self.status, self.updated_at, self.attempts, self.failures,
+                       self.queued_wait_s, self.reason, self.timed_out, self.order,
+                       self.replaced, self.pending, self.result, self.error)
+        new._contact, new._intent = self._contact, self._intent
         return new
 
 

@@ -12,9 +12,13 @@
 
 from __future__ import annotations
 
-from gateway.ratelimit.gcra import Bucket, Decision
-from gateway.ratelimit.limiter import Limiter
-from gateway.ratelimit.wiring import LIMITER, check_client, gate_for, setup_ratelimit
+from gateway import _native
+
+_native.activate(__path__, "ratelimit")  # its compiled modules, as the package's
+
+from gateway.ratelimit.gcra import Bucket, Decision  # noqa: E402
+from gateway.ratelimit.limiter import Limiter  # noqa: E402
+from gateway.ratelimit.wiring import LIMITER, check_client, gate_for, setup_ratelimit  # noqa: E402
 
 __all__ = ["LIMITER", "Bucket", "Decision", "Limiter", "check_client", "gate_for",
            "setup_ratelimit"]

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from gateway import logs
-from gateway.http import problem_middleware
+from gateway.http import PROBLEM_MIDDLEWARE
 from gateway.metrics import Metrics
 from gateway.runtime import METRICS
 from tests.conftest import Sandbox, auth
@@ -108,7 +108,7 @@ def _boom_app(message: str) -> web.Application:
     async def boom(request: web.Request) -> web.Response:
         raise RuntimeError(message)
 
-    app = web.Application(middlewares=[problem_middleware])
+    app = web.Application(middlewares=[PROBLEM_MIDDLEWARE])
     app[METRICS] = Metrics()
     app.router.add_get("/boom", boom)
     return app

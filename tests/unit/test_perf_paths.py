@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.http import CLIENT_CLOSED_STATUS, problem_middleware
+from gateway.http import CLIENT_CLOSED_STATUS, PROBLEM_MIDDLEWARE
 from gateway.metrics import RESULT_CODES, Metrics, NullMetrics, metrics_from_env
 from gateway.runtime import METRICS
 
@@ -19,7 +19,7 @@ def _closing_app() -> web.Application:
     async def handler(request: web.Request) -> web.StreamResponse:
         raise ConnectionResetError("Connection lost")
 
-    app = web.Application(middlewares=[problem_middleware])
+    app = web.Application(middlewares=[PROBLEM_MIDDLEWARE])
     app[METRICS] = Metrics()
     app.router.add_get("/gone", handler)
     return app

@@ -1,0 +1,166 @@
+"""The gateway's hot modules compiled to C with mypyc, used only when built from these sources.
+
+``make run``, ``make test`` and ``make bench`` build them first (``make native``:
+about a minute on two cores), into ``build/native/``
+next to the package, out of the source tree: a compiled module never sits beside
+its ``.py``, where Python would import it in its place however old it was.
+``gateway/__init__.py`` then puts that directory first on the package's path, so
+``gateway.executor`` and the other modules in :data:`MODULES` load compiled, but
+only if the build's manifest names the same digest of their sources (and the same
+interpreter) as the files here now. Otherwise, or with ``GATEWAY_NATIVE=0``, or
+where no build exists (an installed wheel, the container image), the same modules
+run as plain Python: edited code is never shadowed by a stale build, and the
+gateway logs which it runs at startup (:func:`describe`).
+
+Why: ``mypy --strict`` already holds these modules to exact types, and mypyc
+turns them into C that calls its own functions and reads its own attributes
+without the interpreter's dispatch. The gateway's own work on a request is then
+cheaper, while aiohttp, pydantic and the event loop, which were already C or are
+not compiled here, cost what they did (README, "Compiled modules").
+
+Modules left out: those with pydantic models (``models``, ``config``: mypyc does
+not compile their metaclass), with async generators (the ``cleanup_ctx``
+setups), with class attributes set as tuples (``errors``), and ``values``
+(its decorator must stay a Python function for ``dataclass_transform``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+
+#: The compiled modules, by name within the package.
+MODULES: tuple[str, ...] = (
+    "auth", "deadline", "executor", "expiring", "handlers", "http", "identifiers", "ids",
+    "lifecycle", "logs", "metrics", "operations", "registry", "retry", "runtime",
+    "service", "spi", "upstream", "ratelimit.gcra", "ratelimit.limiter",
+    "ratelimit.memory",
+)
+
+#: ``GATEWAY_NATIVE=0`` runs every module as plain Python even when a build is current.
+SWITCH = "GATEWAY_NATIVE"
+MANIFEST = "manifest.txt"
+
+
+def default_dir() -> Path:
+    """Where ``build`` writes and the package looks: ``build/native`` beside the package,
+    or ``GATEWAY_NATIVE_DIR``."""
+    return Path(os.environ.get("GATEWAY_NATIVE_DIR") or PACKAGE.parent / "build" / "native")
+
+
+def source_path(module: str) -> Path:
+    return PACKAGE.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def digest() -> str:
+    """The SHA-256 of the compiled modules' sources and of the interpreter's version: a
+    build is used only by the sources and the interpreter it was made from."""
+    h = hashlib.sha256(sys.version.encode())
+    for module in MODULES:
+        h.update(b"\0" + module.encode() + b"\0")
+        h.update(source_path(module).read_bytes())
+    return h.hexdigest()
+
+
+#: What this process runs: "native" or "python: <why>" (set by :func:`activate`).
+state = "python: not activated"
+
+
+def activate(path: list[str], package: str = "") -> str:
+    """Put the build first on ``path``, the ``__path__`` of the gateway package or of
+    its subpackage ``package``, when the build is current. Decided once, by the
+    gateway package itself."""
+    global state
+    if state == "python: not activated":
+        state = _check(default_dir())
+    if state == "native":
+        where = default_dir() / "gateway"
+        path.insert(0, str(where.joinpath(*package.split(".")) if package else where))
+    return state
+
+
+def _check(directory: Path) -> str:
+    if os.environ.get(SWITCH, "1") == "0":
+        return f"python: {SWITCH}=0"
+    return _built(directory) or "native"
+
+
+def _built(directory: Path) -> str | None:
+    """None when ``directory`` holds a build of these sources; else why not."""
+    try:
+        built = (directory / MANIFEST).read_text().split()
+    except OSError:
+        built = []
+    if not built:
+        return "python: no build (make native)"
+    if built[0] != digest():
+        return "python: the build is older than the sources (make native)"
+    return None
+
+
+def describe() -> str:
+    """One line for the startup log: which modules run compiled."""
+    if state != "native":
+        return f"modules run as {state}"
+    compiled = sum(1 for m in MODULES
+                   if not getattr(sys.modules.get("gateway." + m), "__file__", ".py")
+                   .endswith(".py"))
+    return f"{compiled} of {len(MODULES)} modules run compiled (mypyc)"
+
+
+def build(directory: Path) -> None:
+    """Compile :data:`MODULES` into ``directory``, replacing what is there at once.
+
+    The build goes to a new directory that then takes the old one's name: a gateway
+    running from the old build keeps its files (rewriting a loaded library in place
+    can crash the process that maps it)."""
+    from mypyc.build import mypycify  # build-time only: mypy ships mypyc
+    from setuptools import setup  # type: ignore[import-untyped]
+
+    root = PACKAGE.parent
+    fresh = directory.with_name(f"{directory.name}.new-{os.getpid()}")
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True)
+    before = digest()
+    cwd = os.getcwd()
+    os.chdir(root)  # mypyc names modules by their paths relative to here
+    try:
+        paths = [str(source_path(m).relative_to(root)) for m in MODULES]
+        setup(name="gateway-native", packages=[],
+              ext_modules=mypycify(paths, opt_level="3", group_name="gateway.native",
+                                   target_dir=str(fresh / "c")),
+              script_args=["-q", "build_ext", "--build-lib", str(fresh),
+                           "--build-temp", str(fresh / "tmp")])
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    finally:
+        os.chdir(cwd)
+    if digest() != before:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise SystemExit("the sources changed during the build; run it again")
+    shutil.rmtree(fresh / "c")
+    shutil.rmtree(fresh / "tmp")
+    (fresh / MANIFEST).write_text(before + "\n" + "\n".join(MODULES) + "\n")
+    old = directory.with_name(f"{directory.name}.old-{os.getpid()}")
+    if directory.exists():
+        directory.rename(old)
+    fresh.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: list[str]) -> None:
+    """``build [DIRECTORY]``: compile, unless the build there is already of these sources."""
+    if argv[:1] != ["build"]:
+        raise SystemExit("usage: gateway._native.main(['build', DIRECTORY?])")
+    directory = Path(argv[1]).resolve() if len(argv) > 1 else default_dir()
+    if _built(directory) is None:
+        print(f"the compiled modules in {directory} are of these sources")
+        return
+    build(directory)
+    print(f"compiled {len(MODULES)} modules into {directory}")
