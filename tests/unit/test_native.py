@@ -43,11 +43,13 @@ def test_a_build_of_other_sources_is_not_used(tmp_path: Path) -> None:
     built = _native.default_dir()
     stale = tmp_path / "native"
     shutil.copytree(built, stale, symlinks=True)
-    assert _which({"GATEWAY_NATIVE_DIR": str(stale)}).split()[2] == "native"
+    assert _which({"GATEWAY_NATIVE_DIR": str(stale), _native.SWITCH: "1"}).split()[2] \
+        == "native"
     manifest = stale / _native.MANIFEST
     lines = manifest.read_text().splitlines()
     manifest.write_text("\n".join(["0" * 64, *lines[1:]]) + "\n")  # as after an edit
-    executor, gcra, state = _which({"GATEWAY_NATIVE_DIR": str(stale)}).split(" ", 2)
+    executor, gcra, state = _which({"GATEWAY_NATIVE_DIR": str(stale),
+                                    _native.SWITCH: "1"}).split(" ", 2)
     assert executor == str(ROOT / "gateway" / "executor.py")
     assert gcra == str(ROOT / "gateway" / "ratelimit" / "gcra.py")
     assert state == "python: the build is older than the sources (make native)"
@@ -56,7 +58,8 @@ def test_a_build_of_other_sources_is_not_used(tmp_path: Path) -> None:
 def test_the_switch_and_a_missing_build_run_plain_python(tmp_path: Path) -> None:
     executor, _, state = _which({"GATEWAY_NATIVE": "0"}).split(" ", 2)
     assert executor.endswith(".py") and state == "python: GATEWAY_NATIVE=0"
-    executor, _, state = _which({"GATEWAY_NATIVE_DIR": str(tmp_path / "none")}).split(" ", 2)
+    executor, _, state = _which({"GATEWAY_NATIVE_DIR": str(tmp_path / "none"),
+                                    _native.SWITCH: "1"}).split(" ", 2)
     assert executor.endswith(".py") and state == "python: no build (make native)"
 
 
