@@ -32,14 +32,20 @@ import shutil
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # where the gateway and providers packages are
 
-#: The compiled modules, by name within the package.
+#: The compiled modules. Each package that holds one puts the build on its path
+#: (``_native.activate(__path__, __name__)`` in its ``__init__``).
 MODULES: tuple[str, ...] = (
-    "auth", "deadline", "executor", "expiring", "handlers", "http", "identifiers", "ids",
-    "lifecycle", "logs", "metrics", "operations", "registry", "retry", "runtime",
-    "service", "spi", "upstream", "ratelimit.gcra", "ratelimit.limiter",
-    "ratelimit.memory",
+    "gateway.auth", "gateway.capabilities", "gateway.deadline", "gateway.executor",
+    "gateway.expiring", "gateway.handlers", "gateway.http", "gateway.identifiers",
+    "gateway.ids", "gateway.lifecycle", "gateway.logs", "gateway.metrics",
+    "gateway.operations", "gateway.opstore_redis", "gateway.redis_conn",
+    "gateway.redis_keys", "gateway.registry", "gateway.retry", "gateway.runtime",
+    "gateway.service", "gateway.spi", "gateway.upstream", "gateway.worker",
+    "gateway.ratelimit.gcra", "gateway.ratelimit.limiter", "gateway.ratelimit.memory",
+    "gateway.ratelimit.redis_backend", "gateway.ratelimit.shared",
+    "providers.aelyst.adapter", "providers.teli.adapter", "providers.vambe.adapter",
 )
 
 #: ``GATEWAY_NATIVE=0`` runs every module as plain Python even when a build is current.
@@ -50,11 +56,11 @@ MANIFEST = "manifest.txt"
 def default_dir() -> Path:
     """Where ``build`` writes and the package looks: ``build/native`` beside the package,
     or ``GATEWAY_NATIVE_DIR``."""
-    return Path(os.environ.get("GATEWAY_NATIVE_DIR") or PACKAGE.parent / "build" / "native")
+    return Path(os.environ.get("GATEWAY_NATIVE_DIR") or ROOT / "build" / "native")
 
 
 def source_path(module: str) -> Path:
-    return PACKAGE.joinpath(*module.split(".")).with_suffix(".py")
+    return ROOT.joinpath(*module.split(".")).with_suffix(".py")
 
 
 def digest() -> str:
@@ -71,16 +77,14 @@ def digest() -> str:
 state = "python: not activated"
 
 
-def activate(path: list[str], package: str = "") -> str:
-    """Put the build first on ``path``, the ``__path__`` of the gateway package or of
-    its subpackage ``package``, when the build is current. Decided once, by the
-    gateway package itself."""
+def activate(path: list[str], package: str) -> str:
+    """Put the build first on ``path``, the ``__path__`` of ``package`` (dotted), when
+    the build is current. Decided once, by the first package to ask."""
     global state
     if state == "python: not activated":
         state = _check(default_dir())
     if state == "native":
-        where = default_dir() / "gateway"
-        path.insert(0, str(where.joinpath(*package.split(".")) if package else where))
+        path.insert(0, str(default_dir().joinpath(*package.split("."))))
     return state
 
 
@@ -108,8 +112,7 @@ def describe() -> str:
     if state != "native":
         return f"modules run as {state}"
     compiled = sum(1 for m in MODULES
-                   if not getattr(sys.modules.get("gateway." + m), "__file__", ".py")
-                   .endswith(".py"))
+                   if not getattr(sys.modules.get(m), "__file__", ".py").endswith(".py"))
     return f"{compiled} of {len(MODULES)} modules run compiled (mypyc)"
 
 
@@ -122,7 +125,7 @@ def build(directory: Path) -> None:
     from mypyc.build import mypycify  # build-time only: mypy ships mypyc
     from setuptools import setup  # type: ignore[import-untyped]
 
-    root = PACKAGE.parent
+    root = ROOT
     fresh = directory.with_name(f"{directory.name}.new-{os.getpid()}")
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(parents=True)

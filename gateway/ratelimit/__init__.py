@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from gateway import _native
 
-_native.activate(__path__, "ratelimit")  # its compiled modules, as the package's
+_native.activate(__path__, __name__)  # its compiled modules, as the package's
 
 from gateway.ratelimit.gcra import Bucket, Decision  # noqa: E402
 from gateway.ratelimit.limiter import Limiter  # noqa: E402

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -18,9 +19,9 @@ PURE = os.environ.get(_native.SWITCH) == "0"
 
 
 def _which(env: dict[str, str]) -> str:
-    """Where a fresh interpreter loads gateway.executor and gateway.ratelimit.gcra from."""
-    code = ("import gateway.executor as e, gateway.ratelimit.gcra as g; "
-            "from gateway import _native; print(e.__file__, g.__file__, _native.state)")
+    """Where a fresh interpreter loads gateway.executor and providers.teli.adapter from."""
+    code = ("import gateway.executor as e, providers.teli.adapter as t; "
+            "from gateway import _native; print(e.__file__, t.__file__, _native.state)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env},
                          capture_output=True, text=True, timeout=60, check=True)
     return out.stdout.strip()
@@ -31,9 +32,8 @@ def test_the_tests_run_the_compiled_modules() -> None:
     # make test builds them first (make native); without a build this says so.
     assert _native.state == "native", _native.state
     for name in _native.MODULES:
-        module = sys.modules.get("gateway." + name)
-        if module is not None:
-            assert not module.__file__.endswith(".py"), name  # type: ignore[union-attr]
+        module = importlib.import_module(name)
+        assert module.__file__ is not None and not module.__file__.endswith(".py"), name
     assert _native.describe() == f"{len(_native.MODULES)} of {len(_native.MODULES)} " \
                                  "modules run compiled (mypyc)"
 
@@ -48,10 +48,10 @@ def test_a_build_of_other_sources_is_not_used(tmp_path: Path) -> None:
     manifest = stale / _native.MANIFEST
     lines = manifest.read_text().splitlines()
     manifest.write_text("\n".join(["0" * 64, *lines[1:]]) + "\n")  # as after an edit
-    executor, gcra, state = _which({"GATEWAY_NATIVE_DIR": str(stale),
+    executor, teli, state = _which({"GATEWAY_NATIVE_DIR": str(stale),
                                     _native.SWITCH: "1"}).split(" ", 2)
     assert executor == str(ROOT / "gateway" / "executor.py")
-    assert gcra == str(ROOT / "gateway" / "ratelimit" / "gcra.py")
+    assert teli == str(ROOT / "providers" / "teli" / "adapter.py")
     assert state == "python: the build is older than the sources (make native)"
 
 
@@ -67,11 +67,11 @@ def test_the_digest_covers_every_compiled_source_and_the_interpreter(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     before = _native.digest()
     assert _native.digest() == before
-    copy = tmp_path / "gateway"
-    shutil.copytree(ROOT / "gateway", copy)
-    monkeypatch.setattr(_native, "PACKAGE", copy)
+    for package in ("gateway", "providers"):
+        shutil.copytree(ROOT / package, tmp_path / package)
+    monkeypatch.setattr(_native, "ROOT", tmp_path)
     assert _native.digest() == before
-    for name in ("ratelimit.gcra", "executor"):
+    for name in ("gateway.ratelimit.gcra", "gateway.executor", "providers.teli.adapter"):
         path = _native.source_path(name)
         path.write_bytes(path.read_bytes() + b"\n")
         assert _native.digest() != before, name
