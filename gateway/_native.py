@@ -1,32 +1,40 @@
 """The gateway's hot modules compiled to C with mypyc, used only when built from these sources.
 
 ``make run``, ``make test`` and ``make bench`` build them first (``make native``:
-about a minute on two cores), into ``build/native/``
-next to the package, out of the source tree: a compiled module never sits beside
-its ``.py``, where Python would import it in its place however old it was.
-``gateway/__init__.py`` then puts that directory first on the package's path, so
-``gateway.executor`` and the other modules in :data:`MODULES` load compiled, but
-only if the build's manifest names the same digest of their sources (and the same
+about a minute and a half on two cores; a no-op when the build is current), into
+``build/native/``, out of the source tree: a compiled module never sits beside its
+``.py``, where Python would import it in its place however old it was. Each
+package that holds one of :data:`MODULES` (``gateway``, ``gateway.ratelimit``, the
+three providers) calls :func:`activate` from its ``__init__``, which puts the
+build's directory for that package first on the package's path, but only if the
+build's manifest names the same digest of the modules' sources (and the same
 interpreter) as the files here now. Otherwise, or with ``GATEWAY_NATIVE=0``, or
 where no build exists (an installed wheel, the container image), the same modules
 run as plain Python: edited code is never shadowed by a stale build, and the
 gateway logs which it runs at startup (:func:`describe`).
 
 Why: ``mypy --strict`` already holds these modules to exact types, and mypyc
-turns them into C that calls its own functions and reads its own attributes
+turns them into C that calls their own functions and reads their own attributes
 without the interpreter's dispatch. The gateway's own work on a request is then
-cheaper, while aiohttp, pydantic and the event loop, which were already C or are
-not compiled here, cost what they did (README, "Compiled modules").
+cheaper, while aiohttp, pydantic and the event loop cost what they did (README,
+"Compiled modules").
 
-Modules left out: those with pydantic models (``models``, ``config``: mypyc does
-not compile their metaclass), with async generators (the ``cleanup_ctx``
-setups), with class attributes set as tuples (``errors``), and ``values``
-(its decorator must stay a Python function for ``dataclass_transform``).
+What compiled code asks of the sources (each place says so where it stands):
+no async generators (the ``cleanup_ctx`` setups live in modules left out), no
+``__dict__`` tricks on compiled classes, no attributes set on compiled functions,
+no bare ``raise`` after an ``await`` in an ``except`` clause (compiled, it re-raises
+the exception the task handled last, which may be another), and no interpreted
+subclass of a compiled class. Left out: modules with pydantic models (``models``,
+``config``, the providers' ``wire``: mypyc does not compile their metaclass), with
+an async generator (``app``, ``idempotency``, ``ratelimit.wiring``), ``errors``
+(class attributes set as tuples), ``values`` (its decorator must stay a Python
+function for ``dataclass_transform``), and what is not on a request's path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import shutil
 import sys
@@ -112,7 +120,7 @@ def describe() -> str:
     if state != "native":
         return f"modules run as {state}"
     compiled = sum(1 for m in MODULES
-                   if not getattr(sys.modules.get(m), "__file__", ".py").endswith(".py"))
+                   if not (importlib.import_module(m).__file__ or ".py").endswith(".py"))
     return f"{compiled} of {len(MODULES)} modules run compiled (mypyc)"
 
 
@@ -122,8 +130,14 @@ def build(directory: Path) -> None:
     The build goes to a new directory that then takes the old one's name: a gateway
     running from the old build keeps its files (rewriting a loaded library in place
     can crash the process that maps it)."""
+    import sysconfig
+
     from mypyc.build import mypycify  # build-time only: mypy ships mypyc
     from setuptools import setup  # type: ignore[import-untyped]
+
+    if not Path(sysconfig.get_paths()["include"], "Python.h").exists():
+        raise SystemExit("the Python headers are missing (Debian: apt-get install "
+                         "python3-dev): the gateway runs as plain Python")
 
     root = ROOT
     fresh = directory.with_name(f"{directory.name}.new-{os.getpid()}")
