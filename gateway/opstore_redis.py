@@ -286,10 +286,12 @@ class RedisStore:
         return out
 
     async def _get(self, op_id: str) -> list[Any]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(redis_keys.operation(op_id))
-            pipe.exists(redis_keys.operation_lease(op_id))
-            return list(await pipe.execute())
+        # Not ``async with``: execute resets the pipeline itself, and the context's exit
+        # awaits (see gateway/_native.py: compiled, that can swap the exception).
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(redis_keys.operation(op_id))
+        pipe.exists(redis_keys.operation_lease(op_id))
+        return list(await pipe.execute())
 
     async def queued(self) -> int:
         return int(await once_more(lambda: self.redis.zcard(redis_keys.operations_due())))

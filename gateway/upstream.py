@@ -179,11 +179,17 @@ class ProviderClient:
             # One timer bounds the whole exchange; aiohttp's own timers would be a
             # second, redundant set per request (_NO_TIMEOUT turns them off).
             with deadline(timeout_s):
-                async with self.session.request(
+                resp = await self.session.request(
                     request.method, self.url(request), params=request.query or None,
-                    data=data, headers=headers, allow_redirects=False, timeout=_NO_TIMEOUT,
-                ) as resp:
-                    response = self._response(resp, await _read_body(resp))
+                    data=data, headers=headers, allow_redirects=False, timeout=_NO_TIMEOUT)
+                # Released here rather than by ``async with``: its exit awaits the
+                # request's writer, and compiled (gateway/_native.py), an exception from
+                # the block could then leave as another one the task handled before.
+                try:
+                    body = await _read_body(resp)
+                finally:
+                    resp.release()
+            response = self._response(resp, body)
             status = str(response.status)  # the metrics keep listed statuses exact
             return response
         except TimeoutError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import shutil
@@ -78,3 +79,39 @@ def test_the_digest_covers_every_compiled_source_and_the_interpreter(
         before = _native.digest()
     monkeypatch.setattr(sys, "version", sys.version + " other")
     assert _native.digest() != before
+
+
+#: Context managers whose exit never suspends (``asyncio.timeout`` and a lock's exits
+#: await nothing): an ``async with`` over them behaves the same compiled.
+NON_SUSPENDING = {"asyncio.timeout", "asyncio.timeout_at", "self._lock"}
+
+
+def test_compiled_modules_keep_clear_of_what_mypyc_gets_wrong() -> None:
+    """Compiled, a coroutine that re-raises after a suspension takes the exception from
+    the thread's state, which the suspension may have changed: a bare ``raise`` after an
+    ``await`` in an ``except`` clause, a ``finally`` that awaits, and an ``async with``
+    whose exit awaits could each send on an exception the task handled earlier (found
+    by tests/retry/test_deadlines.py: a hung upstream's timeout left as a
+    CancelledError). Explicit ``raise err`` is safe."""
+    found = []
+    for name in _native.MODULES:
+        path = _native.source_path(name)
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Try):
+                if any(isinstance(n, ast.Await) for s in node.finalbody for n in ast.walk(s)):
+                    found.append(f"{where}: await in finally")
+                for h in node.handlers:
+                    inside = [n for s in h.body for n in ast.walk(s)]
+                    if (any(isinstance(n, ast.Await) for n in inside)
+                            and any(isinstance(n, ast.Raise) and n.exc is None
+                                    for n in inside)):
+                        found.append(f"{path.relative_to(ROOT)}:{h.lineno}: bare raise in "
+                                     "an except clause that awaits")
+            elif isinstance(node, ast.AsyncWith):
+                for item in node.items:
+                    cm = item.context_expr
+                    what = ast.unparse(cm.func if isinstance(cm, ast.Call) else cm)
+                    if what not in NON_SUSPENDING:
+                        found.append(f"{where}: async with {what}")
+    assert found == []
