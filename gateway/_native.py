@@ -22,13 +22,18 @@ cheaper, while aiohttp, pydantic and the event loop cost what they did (README,
 What compiled code asks of the sources (each place says so where it stands):
 no async generators (the ``cleanup_ctx`` setups live in modules left out), no
 ``__dict__`` tricks on compiled classes, no attributes set on compiled functions,
-no bare ``raise`` after an ``await`` in an ``except`` clause (compiled, it re-raises
-the exception the task handled last, which may be another), and no interpreted
-subclass of a compiled class. Left out: modules with pydantic models (``models``,
-``config``, the providers' ``wire``: mypyc does not compile their metaclass), with
-an async generator (``app``, ``idempotency``, ``ratelimit.wiring``), ``errors``
-(class attributes set as tuples), ``values`` (its decorator must stay a Python
-function for ``dataclass_transform``), and what is not on a request's path.
+no interpreted subclass of a compiled class, and nothing that re-raises after a
+suspension: a compiled coroutine re-raises from the thread's exception state,
+which a suspension can change, so a bare ``raise`` after an ``await`` in an
+``except`` clause, a ``finally`` that awaits, or an ``async with`` whose exit
+awaits can send on an exception the task handled earlier instead of the one
+raised. ``tests/unit/test_native.py`` walks the compiled modules for those three.
+
+Left out: modules with pydantic models (``models``, ``config``, the providers'
+``wire``: mypyc does not compile their metaclass), with an async generator
+(``app``, ``idempotency``, ``ratelimit.wiring``), ``errors`` (class attributes set
+as tuples), ``values`` (its decorator must stay a Python function for
+``dataclass_transform``), and what is not on a request's path.
 """
 
 from __future__ import annotations
