@@ -228,10 +228,10 @@ def measure(b: Bench, args: argparse.Namespace, cores: tuple[str, str] | None,
     b.check_metrics_knob()
     names = list(b.targets)
     # The gateway with metrics off goes through the slow phases too, although no bar
-    # reads it there: the metrics pairs below compare two processes, and one that has
-    # served the 256 slow connections three times more than the other carries more
-    # (measured: pairs of 5.5% and 6.7% "cost" in two runs whose main rounds gave
-    # 1.4% and -1.2%, every pair positive).
+    # reads it there: the metrics pairs below compare two processes, which should have
+    # the same history (when only the metrics-on one had served the 256 slow
+    # connections, every pair of two runs came out positive, medians 5.5% and 6.7%,
+    # while their main rounds gave 1.4% and -1.2%; README, "Performance").
     slow = list(b.slow_targets)
     think = 0.0
     # Every phase in every round, so a spell of load from elsewhere on the machine
