@@ -30,9 +30,9 @@ awaits can send on an exception the task handled earlier instead of the one
 raised. ``tests/unit/test_native.py`` walks the compiled modules for those three.
 
 Left out: modules with pydantic models (``models``, ``config``, the providers'
-``wire``: mypyc does not compile their metaclass), with an async generator
-(``app``, ``idempotency``, ``ratelimit.wiring``), ``errors`` (class attributes set
-as tuples), ``values`` (its decorator must stay a Python function for
+``wire``: mypyc does not compile their metaclass), ``app`` (it holds the
+``cleanup_ctx`` setups, async generators), ``errors`` (class attributes set as
+tuples), ``values`` (its decorator must stay a Python function for
 ``dataclass_transform``), and what is not on a request's path.
 """
 
@@ -52,12 +52,13 @@ ROOT = Path(__file__).resolve().parent.parent  # where the gateway and providers
 MODULES: tuple[str, ...] = (
     "gateway.auth", "gateway.capabilities", "gateway.deadline", "gateway.executor",
     "gateway.expiring", "gateway.handlers", "gateway.http", "gateway.identifiers",
+    "gateway.idempotency",
     "gateway.ids", "gateway.lifecycle", "gateway.logs", "gateway.metrics",
     "gateway.operations", "gateway.opstore_redis", "gateway.redis_conn",
     "gateway.redis_keys", "gateway.registry", "gateway.retry", "gateway.runtime",
     "gateway.service", "gateway.spi", "gateway.upstream", "gateway.worker",
     "gateway.ratelimit.gcra", "gateway.ratelimit.limiter", "gateway.ratelimit.memory",
-    "gateway.ratelimit.redis_backend", "gateway.ratelimit.shared",
+    "gateway.ratelimit.redis_backend", "gateway.ratelimit.shared", "gateway.ratelimit.wiring",
     "providers.aelyst.adapter", "providers.teli.adapter", "providers.vambe.adapter",
 )
 

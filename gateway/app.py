@@ -16,13 +16,18 @@ from gateway.auth import ClientAuth
 from gateway.config import Config
 from gateway.executor import EXECUTOR, Executor, GateFactory
 from gateway.http import MAX_BODY, UNMATCHED, add_route, add_unmatched_route, dumps
-from gateway.idempotency import setup_idempotency
+from gateway.idempotency import (
+    IDEMPOTENCY,
+    DegradingIdempotency,
+    MemoryIdempotency,
+    RedisIdempotency,
+)
 from gateway.lifecycle import setup_lifecycle
 from gateway.metrics import Metrics, metrics_from_env
 from gateway.openapi import build_openapi
 from gateway.operations import MemoryStore, OperationStore
 from gateway.opstore_redis import DegradingStore, RedisStore
-from gateway.ratelimit import gate_for, setup_ratelimit
+from gateway.ratelimit import LIMITER, build_limiter, gate_for
 from gateway.redis_conn import connect
 from gateway.retry import MemoryBudget, RedisBudget, RetryBudget
 from gateway.runtime import (
@@ -106,3 +111,29 @@ def setup_operations(app: web.Application, gate: GateFactory | None = None) -> N
         await executor.worker.stop()
 
     app.cleanup_ctx.append(operations)
+
+
+def setup_ratelimit(app: web.Application, *, probe_interval_s: float = 0.25) -> None:
+    """Install the limiter; call after the context that opens ``app[REDIS]``. Here, as
+    the setups below, rather than in its module: an async generator cannot be compiled
+    (gateway/_native.py)."""
+
+    async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[LIMITER] = build_limiter(app, probe_interval_s)
+        yield
+        await app[LIMITER].close()
+
+    app.cleanup_ctx.append(limiter_ctx)
+
+
+def setup_idempotency(app: web.Application) -> None:
+    """Install the idempotency store; add after the ctx that opens Redis."""
+
+    async def idempotency(app: web.Application) -> AsyncIterator[None]:
+        redis = app.get(REDIS)
+        local = MemoryIdempotency(app[SERVICES].wall_clock)
+        app[IDEMPOTENCY] = (local if redis is None
+                            else DegradingIdempotency(RedisIdempotency(redis), local))
+        yield
+
+    app.cleanup_ctx.append(idempotency)

@@ -18,7 +18,7 @@ unreachable, keys first seen then are kept in this replica's memory.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -40,7 +40,7 @@ from gateway.errors import (
 )
 from gateway.expiring import Expiring
 from gateway.redis_conn import REDIS_ERRORS, Script
-from gateway.runtime import REDIS, RUNTIME, SERVICES
+from gateway.runtime import RUNTIME
 
 HEADER = "Idempotency-Key"
 MAX_KEY = 255
@@ -264,10 +264,10 @@ async def _run_once(store: IdempotencyStore, scope: str, mine: Entry,
             await _quietly(store.finish(scope, mine, KEEP_S))
         else:
             await _quietly(store.release(scope, mine.nonce))
-        raise
-    except BaseException:
+        raise err  # named, not bare: after an await (gateway/_native.py)
+    except BaseException as e:
         await _quietly(store.release(scope, mine.nonce))
-        raise
+        raise e
     mine.done, mine.status = True, response.status
     mine.headers = {h: response.headers[h] for h in _REPLAYED_HEADERS if h in response.headers}
     mine.body = bytes(response.body).decode() if isinstance(response.body, bytes) else ""
@@ -281,16 +281,3 @@ async def _quietly(aw: Awaitable[None]) -> None:
         await aw
     except REDIS_ERRORS:
         return
-
-
-def setup_idempotency(app: web.Application) -> None:
-    """Install the store; add after the ctx that opens Redis."""
-
-    async def idempotency(app: web.Application) -> AsyncIterator[None]:
-        redis = app.get(REDIS)
-        local = MemoryIdempotency(app[SERVICES].wall_clock)
-        app[IDEMPOTENCY] = (local if redis is None
-                            else DegradingIdempotency(RedisIdempotency(redis), local))
-        yield
-
-    app.cleanup_ctx.append(idempotency)

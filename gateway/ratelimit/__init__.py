@@ -7,7 +7,8 @@
     redis_backend.py  Redis buckets: one atomic script per decision, Redis's clock
     shared.py         Redis with its fallback: the one place Redis failures are decided
     limiter.py        the gate around provider calls, client buckets, feedback
-    wiring.py         installation on the app, rate-limit response headers
+    wiring.py         the limiter built for the app, rate-limit response headers
+                      (gateway.app installs it)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ _native.activate(__path__, __name__)  # its compiled modules, as the package's
 
 from gateway.ratelimit.gcra import Bucket, Decision  # noqa: E402
 from gateway.ratelimit.limiter import Limiter  # noqa: E402
-from gateway.ratelimit.wiring import LIMITER, check_client, gate_for, setup_ratelimit  # noqa: E402
+from gateway.ratelimit.wiring import LIMITER, build_limiter, check_client, gate_for  # noqa: E402
 
-__all__ = ["LIMITER", "Bucket", "Decision", "Limiter", "check_client", "gate_for",
-           "setup_ratelimit"]
+__all__ = ["LIMITER", "Bucket", "Decision", "Limiter", "build_limiter", "check_client",
+           "gate_for"]

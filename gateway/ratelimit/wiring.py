@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 
 from aiohttp import web
 
@@ -27,17 +27,6 @@ LIMITER = web.AppKey("ratelimiter", Limiter)
 def gate_for(app: web.Application) -> Limiter:
     """The gate to pass as ``Call(..., gate=...)`` for every provider call."""
     return app[LIMITER]
-
-
-def setup_ratelimit(app: web.Application, *, probe_interval_s: float = 0.25) -> None:
-    """Install the limiter; call after the context that opens ``app[REDIS]``."""
-
-    async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[LIMITER] = build_limiter(app, probe_interval_s)
-        yield
-        await app[LIMITER].close()
-
-    app.cleanup_ctx.append(limiter_ctx)
 
 
 def build_limiter(app: web.Application, probe_interval_s: float) -> Limiter:
