@@ -145,15 +145,14 @@ def build(directory: Path) -> None:
         raise SystemExit("the Python headers are missing (Debian: apt-get install "
                          "python3-dev): the gateway runs as plain Python")
 
-    root = ROOT
     fresh = directory.with_name(f"{directory.name}.new-{os.getpid()}")
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(parents=True)
     before = digest()
     cwd = os.getcwd()
-    os.chdir(root)  # mypyc names modules by their paths relative to here
+    os.chdir(ROOT)  # mypyc names modules by their paths relative to here
     try:
-        paths = [str(source_path(m).relative_to(root)) for m in MODULES]
+        paths = [str(source_path(m).relative_to(ROOT)) for m in MODULES]
         setup(name="gateway-native", packages=[],
               ext_modules=mypycify(paths, opt_level="3", group_name="gateway.native",
                                    target_dir=str(fresh / "c")),

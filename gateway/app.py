@@ -115,8 +115,8 @@ def setup_operations(app: web.Application, gate: GateFactory | None = None) -> N
 
 def setup_ratelimit(app: web.Application, *, probe_interval_s: float = 0.25) -> None:
     """Install the limiter; call after the context that opens ``app[REDIS]``. Here, as
-    the setups below, rather than in its module: an async generator cannot be compiled
-    (gateway/_native.py)."""
+    the other setups in this module, rather than in its own: an async generator cannot
+    be compiled (gateway/_native.py)."""
 
     async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
         app[LIMITER] = build_limiter(app, probe_interval_s)
