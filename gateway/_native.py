@@ -30,7 +30,8 @@ awaits can send on an exception the task handled earlier instead of the one
 raised. ``tests/unit/test_native.py`` walks the compiled modules for those three.
 
 Left out: modules with pydantic models (``models``, ``config``, the providers'
-``wire``: mypyc does not compile their metaclass), ``app`` (it holds the
+``models``: mypyc does not compile their metaclass; a compiled module may use
+them, as the providers' ``wire`` does), ``app`` (it holds the
 ``cleanup_ctx`` setups, async generators), ``errors`` (class attributes set as
 tuples), ``values`` (its decorator must stay a Python function for
 ``dataclass_transform``), and what is not on a request's path.
@@ -60,6 +61,7 @@ MODULES: tuple[str, ...] = (
     "gateway.ratelimit.gcra", "gateway.ratelimit.limiter", "gateway.ratelimit.memory",
     "gateway.ratelimit.redis_backend", "gateway.ratelimit.shared", "gateway.ratelimit.wiring",
     "providers.aelyst.adapter", "providers.teli.adapter", "providers.vambe.adapter",
+    "providers.aelyst.wire", "providers.teli.wire", "providers.vambe.wire",
 )
 
 #: ``GATEWAY_NATIVE=0`` runs every module as plain Python even when a build is current.

@@ -34,27 +34,34 @@ class Runtime:
     providers: dict[str, ProviderClient]
     ready: bool = True
     inflight: int = 0  # requests that started on this runtime and are not answered yet
-    _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    def __post_init__(self) -> None:
-        self._idle.set()
+    # Who waits for inflight to reach 0 (a drain, a reload). A list of futures rather
+    # than an asyncio.Event: the event's set and clear would be two calls into
+    # asyncio's Python code on every request, for a wait that happens once a reload.
+    _idle_waiters: list[asyncio.Future[None]] = field(default_factory=list, repr=False)
 
     def enter(self) -> None:
-        if not self.inflight:
-            self._idle.clear()
         self.inflight += 1
 
     def leave(self) -> None:
         self.inflight -= 1
-        if self.inflight == 0:
-            self._idle.set()
+        if self.inflight == 0 and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """True once no request of this runtime is in flight; False after ``timeout_s``."""
+        if self.inflight == 0:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(waiter)
         try:
             async with asyncio.timeout(timeout_s):
-                await self._idle.wait()
+                await waiter
         except TimeoutError:
+            if waiter in self._idle_waiters:
+                self._idle_waiters.remove(waiter)
             return False
         return True
 

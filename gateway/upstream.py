@@ -219,7 +219,8 @@ async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
     The loop ends: every chunk holds at least one byte and the total is capped
     (and the exchange's timeout bounds the wait).
     """
-    if resp.content_length is not None and resp.content_length > MAX_UPSTREAM_BODY:
+    length = resp.content_length  # a property that parses the header: read once
+    if length is not None and length > MAX_UPSTREAM_BODY:
         raise UpstreamMalformed(_TOO_LARGE)
     chunks: list[bytes] = []
     size = 0

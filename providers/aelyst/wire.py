@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 import orjson
-from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError
+from pydantic import ValidationError
 
 from gateway.errors import (
     AssigneeNotFound,
@@ -38,16 +38,11 @@ from gateway.spi import (
     retry_after_s,
     standard_rate_feedback,
 )
+from providers.aelyst.models import AssigneeResponse
 
 # Undocumented (open question 1): how Aelyst words an unknown assignee. Normalized
 # text such as "user not found" or "assignee 17 not found".
 _USER_NOT_FOUND = re.compile(r"(user|assignee)\b.*\bnot found")
-
-
-class AssigneeResponse(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
-
-    contactId: StrictInt  # Aelyst's own spelling
 
 
 def identifier(contact: ContactRef) -> str:

@@ -8,10 +8,10 @@ by campaign and phone; users are referenced by ``unique_id`` only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from gateway.errors import (
     AssigneeNotFound,
@@ -34,45 +34,19 @@ from gateway.spi import (
     retry_after_s,
     standard_rate_feedback,
 )
+from providers.teli.models import (
+    AssignResponse,
+    UnassignResponse,
+    User,
+    UsersResponse,
+    Wire,
+)
 
 #: email (lower-case) -> (unique_id, name), active users of one organization.
 UserDirectory = dict[str, tuple[ProviderUserId, str | None]]
 
 
-class _Wire(BaseModel):
-    # Strict: a number where Teli documents a string is a misreading, not data.
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
-
-
-class AssignedTo(_Wire):
-    user_id: str
-    name: str | None = None
-
-
-class AssignResponse(_Wire):
-    success: bool
-    thread_id: str
-    assigned_to: AssignedTo
-
-
-class UnassignResponse(_Wire):
-    success: bool
-    thread_id: str
-
-
-class UsersResponse(_Wire):
-    # Entries are read one by one in read_users: one odd user must not hide the rest.
-    users: list[Any]
-
-
-class User(_Wire):
-    unique_id: str
-    email: str
-    name: str | None = None
-    status: str | None = None
-
-
-W = TypeVar("W", bound=_Wire)
+W = TypeVar("W", bound=Wire)
 
 
 def assign_request(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from gateway.errors import (
     AmbiguousContact,
@@ -39,37 +39,10 @@ from gateway.spi import (
     retry_after_s,
     standard_rate_feedback,
 )
+from providers.vambe.models import AssignResponse, Contact, TeamMember
 
 #: email (lower-case) -> (team member id, display name).
 TeamDirectory = dict[str, tuple[ProviderUserId, str | None]]
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
-
-
-class Contact(_Wire):
-    id: str
-    phone: str | None = None
-    email: str | None = None
-    platform: str | None = None
-
-
-class TeamMember(_Wire):
-    id: str
-    email: str | None = None
-    name: str | None = None
-    first_name: str | None = None
-    last_name: str | None = None
-
-    def display_name(self) -> str | None:
-        full = " ".join(p for p in (self.first_name, self.last_name) if p)
-        return self.name or full or None
-
-
-class AssignResponse(_Wire):
-    success: bool
-    message: str | None = None
 
 
 _CONTACTS = TypeAdapter(list[Contact])

@@ -50,6 +50,12 @@ SHAPES: list[tuple[str, bytes, str, int, str]] = [
     ("xml", b"<a/>", "application/xml", 415, "unsupported_media_type"),
     ("none", b"{}", "", 415, "unsupported_media_type"),
     ("octet", b"{}", "application/octet-stream", 415, "unsupported_media_type"),
+    # Past the exact "application/json" the header is parsed: parameters, case, +json.
+    ("JSON with a charset", b"{}", "application/json; charset=utf-8", 400, "invalid_request"),
+    ("JSON in capitals", b"{}", "Application/JSON", 400, "invalid_request"),
+    ("a +json type", b"{}", "application/vnd.acme+json", 400, "invalid_request"),
+    ("json as a parameter", b"{}", "text/plain; x=application/json", 415,
+     "unsupported_media_type"),
     ("8000 deep arrays", b"[" * 8000 + b"]" * 8000, "application/json", 400, "invalid_request"),
     ("10000 deep arrays", b"[" * 10000 + b"]" * 10000, "application/json", 413,
      "payload_too_large"),
