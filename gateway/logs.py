@@ -60,13 +60,17 @@ class AccessRecord:
     duration_s: float = 0.0
 
     def line(self) -> bytes:
+        # round(x * 1000) / 1000, not round(x, 3): the same digits (a last digit may
+        # differ in a half-way case) at a third of the cost, since round() with
+        # ndigits goes through a decimal string.
         return orjson.dumps({
-            "ts": round(time.time(), 3), "event": "request", "request_id": self.request_id,
+            "ts": round(time.time() * 1000) / 1000, "event": "request",
+            "request_id": self.request_id,
             "method": self.method, "route": self.route, "status": self.status,
             "code": self.code, "client": self.client, "tenant": self.tenant,
             "provider": self.provider, "operation": self.operation, "contact": self.contact,
             "operation_id": self.operation_id, "attempts": self.attempts,
-            "duration_s": round(self.duration_s, 6), "error": self.error,
+            "duration_s": round(self.duration_s * 1e6) / 1e6, "error": self.error,
         })
 
 

@@ -106,7 +106,8 @@ class Outcome:
 class UpstreamRequest:
     """One HTTP exchange an adapter wants made.
 
-    ``path`` is already percent-encoded (build it with :func:`encode_path`) and
+    ``path`` is already percent-encoded (each identifier through :func:`encode_segment`,
+    or the whole path with :func:`encode_path`) and
     is appended to the provider's ``base_url``. ``json`` of ``None`` means no
     body at all; a body that is JSON ``null`` inside an object is just a dict.
     """

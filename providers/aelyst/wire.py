@@ -34,7 +34,7 @@ from gateway.spi import (
     UpstreamOperation,
     UpstreamRequest,
     UpstreamResponse,
-    encode_path,
+    encode_segment,
     retry_after_s,
     standard_rate_feedback,
 )
@@ -52,7 +52,8 @@ def identifier(contact: ContactRef) -> str:
 
 def assignee_request(contact: ContactRef, assignee: AssigneeRef | None) -> UpstreamRequest:
     """Assign (an assignee) or unassign (None): Aelyst reads ``null`` as unassign."""
-    path = encode_path("contact", identifier(contact), "conversation", "assignee")
+    # Literal parts as literals: only the identifier is checked and encoded.
+    path = f"/contact/{encode_segment(identifier(contact))}/conversation/assignee"
     operation: UpstreamOperation = "unassign" if assignee is None else "assign"
     return UpstreamRequest(operation, "POST", path, json={"assignee": _assignee_value(assignee)})
 
@@ -60,7 +61,9 @@ def assignee_request(contact: ContactRef, assignee: AssigneeRef | None) -> Upstr
 def read_assignee(response: UpstreamResponse, assignee: AssigneeRef | None) -> Outcome:
     _raise_for_status(response, assign=assignee is not None)
     try:
-        body = AssigneeResponse.model_validate_json(response.body)
+        # The validator itself: model_validate_json is a Python frame around it.
+        body: AssigneeResponse = AssigneeResponse.__pydantic_validator__.validate_json(
+            response.body)
     except ValidationError:  # invalid JSON included
         # "from None": a validation error quotes the body, which must not reach logs.
         raise UpstreamMalformed(

@@ -30,7 +30,7 @@ from gateway.spi import (
     ProviderUserId,
     UpstreamRequest,
     UpstreamResponse,
-    encode_path,
+    encode_segment,
     retry_after_s,
     standard_rate_feedback,
 )
@@ -75,7 +75,7 @@ def unassign_request(campaign_id: str, phone: E164) -> UpstreamRequest:
 
 
 def users_request(organization_id: str) -> UpstreamRequest:
-    path = encode_path("v1", "organizations", organization_id, "users")
+    path = f"/v1/organizations/{encode_segment(organization_id)}/users"
     return UpstreamRequest("lookup_assignee", "GET", path)
 
 
@@ -174,7 +174,8 @@ def _error_text(response: UpstreamResponse) -> str:
 
 def _parse(model: type[W], response: UpstreamResponse) -> W:
     try:
-        return model.model_validate_json(response.body)
+        parsed: W = model.__pydantic_validator__.validate_json(response.body)
+        return parsed
     except ValidationError:  # invalid JSON included
         # "from None": a validation error quotes the body, which must not reach logs.
         raise UpstreamMalformed(

@@ -35,7 +35,7 @@ from gateway.spi import (
     ProviderUserId,
     UpstreamRequest,
     UpstreamResponse,
-    encode_path,
+    encode_segment,
     retry_after_s,
     standard_rate_feedback,
 )
@@ -101,7 +101,8 @@ def read_team_members(response: UpstreamResponse) -> TeamDirectory:
 def assign_request(
     contact_id: ProviderContactId, member_id: ProviderUserId, mode: Mode
 ) -> UpstreamRequest:
-    path = encode_path("api", "public", "contact", contact_id, "assign-team-member", member_id)
+    path = (f"/api/public/contact/{encode_segment(contact_id)}"
+            f"/assign-team-member/{encode_segment(member_id)}")
     # Vambe's default (false) adds the agent next to the existing ones.
     remove = "true" if mode == "replace" else "false"
     return UpstreamRequest("assign", "POST", path, query=(("removeExistingAgents", remove),))
