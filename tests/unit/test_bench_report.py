@@ -91,3 +91,14 @@ def test_the_throughput_bar_says_where_the_floor_stands() -> None:
     without = [b for b in bars(runs[:2], {}, _args())
                if str(b["bar"]).startswith("in-process thr")]
     assert "floor" not in str(without[0]["detail"])
+
+
+def test_instruction_counts_show_what_the_idle_background_took_off() -> None:
+    from bench.report import _instructions_section
+
+    ins = {"requests": 1000, "connections": 1,
+           "per_request": {"passthrough": 500_000.0, "gateway": 800_000.0},
+           "raw_per_request": {"passthrough": 500_100.0, "gateway": 810_000.0},
+           "idle_per_s": {"passthrough": 5.0, "gateway": 500_000.0}}
+    rows = [line for line in _instructions_section(ins) if line.startswith("| gateway ")]
+    assert rows == ["| gateway | 800,000 | 1.60 | 810,000 | 500,000 |"]
