@@ -1,7 +1,7 @@
 """The gateway's hot modules compiled to C with mypyc, used only when built from these sources.
 
 ``make run``, ``make test`` and ``make bench`` build them first (``make native``:
-about a minute and a half on two cores; a no-op when the build is current), into
+two to four minutes on two cores; a no-op when the build is current), into
 ``build/native/``, out of the source tree: a compiled module never sits beside its
 ``.py``, where Python would import it in its place however old it was. Each
 package that holds one of :data:`MODULES` (``gateway``, ``gateway.ratelimit``, the
@@ -9,7 +9,8 @@ three providers) calls :func:`activate` from its ``__init__``, which puts the
 build's directory for that package first on the package's path, but only if the
 build's manifest names the same digest of the modules' sources (and the same
 interpreter) as the files here now. Otherwise, or with ``GATEWAY_NATIVE=0``, or
-where no build exists (an installed wheel, the container image), the same modules
+where no build exists (an installed wheel without ``GATEWAY_NATIVE_DIR``; the
+container image builds one, deploy/Dockerfile), the same modules
 run as plain Python: edited code is never shadowed by a stale build, and the
 gateway logs which it runs at startup (:func:`describe`).
 

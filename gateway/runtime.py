@@ -36,7 +36,7 @@ class Runtime:
     inflight: int = 0  # requests that started on this runtime and are not answered yet
     # Who waits for inflight to reach 0 (a drain, a reload). A list of futures rather
     # than an asyncio.Event: the event's set and clear would be two calls into
-    # asyncio's Python code on every request, for a wait that happens once a reload.
+    # asyncio's Python code on every request, for a wait that happens once per reload.
     _idle_waiters: list[asyncio.Future[None]] = field(default_factory=list, repr=False)
 
     def enter(self) -> None:

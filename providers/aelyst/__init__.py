@@ -1,5 +1,5 @@
-"""The Aelyst provider: adapter, wire models and sandbox."""
+"""The Aelyst provider: adapter, wire format, answer models and sandbox."""
 
 from gateway import _native
 
-_native.activate(__path__, __name__)  # its compiled adapter (gateway/_native.py)
+_native.activate(__path__, __name__)  # its compiled adapter and wire (gateway/_native.py)

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from bench.load import Run
-from bench.report import METRICS_AB, bars, metrics_ab
+from bench.report import METRICS_AB, _instructions_section, bars, metrics_ab
 
 
 def _run(system: str, phase: str, round_: int, rps: float, connections: int = 64) -> Run:
@@ -94,8 +94,6 @@ def test_the_throughput_bar_says_where_the_floor_stands() -> None:
 
 
 def test_instruction_counts_show_what_the_idle_background_took_off() -> None:
-    from bench.report import _instructions_section
-
     ins = {"requests": 1000, "connections": 1,
            "per_request": {"passthrough": 500_000.0, "gateway": 800_000.0},
            "raw_per_request": {"passthrough": 500_100.0, "gateway": 810_000.0},
