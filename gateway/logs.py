@@ -40,7 +40,7 @@ ACCESS_LOG = logging.getLogger("gateway.access")
 _CURRENT: ContextVar[AccessRecord | None] = ContextVar("gateway_access_record", default=None)
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class AccessRecord:
     """The facts of one request; filled in as they become known."""
 
@@ -58,6 +58,24 @@ class AccessRecord:
     code: str = "ok"
     error: str | None = None  # an unhandled exception's type name, never its text
     duration_s: float = 0.0
+
+    # Written out (init=False): compiled, a dataclass's generated __init__ is
+    # interpreted code, a call per request; this one is native (gateway/_native.py).
+    def __init__(self, request_id: str, method: str, route: str) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.route = route
+        self.client = None
+        self.tenant = None
+        self.provider = None
+        self.operation = None
+        self.contact = None
+        self.operation_id = None
+        self.attempts = None
+        self.status = 0
+        self.code = "ok"
+        self.error = None
+        self.duration_s = 0.0
 
     def line(self) -> bytes:
         # round(x * 1000) / 1000, not round(x, 3): the same digits (a last digit may

@@ -151,7 +151,7 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
                 ContactEcho(echo.phone, echo.email, echo.id))
 
 
-@dataclass
+@dataclass(init=False)
 class OpRecord:
     id: str
     plan: Plan
@@ -184,10 +184,32 @@ class OpRecord:
     _contact: str | None = field(default=None, init=False, repr=False, compare=False)
     _intent: str | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        self.updated_at = self.updated_at or self.created_at
-        # Set here, not by their field defaults: a compiled dataclass leaves a field
-        # with init=False unset (gateway/_native.py).
+    # Written out, not generated (init=False): compiled, a dataclass's generated
+    # __init__ is interpreted code, a call per record; this one is native (gateway/_native.py).
+    def __init__(self, id: str, plan: Plan, request_id: str, created_at: float,
+                 give_up_at: float, status: Status = "queued", updated_at: float = 0.0,
+                 attempts: int = 0, failures: int = 0, queued_wait_s: float | None = None,
+                 reason: str | None = None, timed_out: bool = False, order: str | None = None,
+                 replaced: tuple[str, str] | None = None, pending: bool = False,
+                 result: dict[str, Any] | None = None,
+                 error: dict[str, Any] | None = None) -> None:
+        self.id = id
+        self.plan = plan
+        self.request_id = request_id
+        self.created_at = created_at
+        self.give_up_at = give_up_at
+        self.status = status
+        self.updated_at = updated_at or created_at
+        self.attempts = attempts
+        self.failures = failures
+        self.queued_wait_s = queued_wait_s
+        self.reason = reason
+        self.timed_out = timed_out
+        self.order = order
+        self.replaced = replaced
+        self.pending = pending
+        self.result = result
+        self.error = error
         self._contact = None
         self._intent = None
 

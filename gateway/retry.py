@@ -32,7 +32,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 from redis.asyncio import Redis
 
@@ -40,7 +40,6 @@ from gateway import redis_keys
 from gateway.config import RetrySpec
 from gateway.errors import GatewayError
 from gateway.redis_conn import REDIS_ERRORS, Script
-from gateway.values import value_class
 
 log = logging.getLogger("gateway")
 
@@ -70,11 +69,16 @@ class RetryState:
     queued_wait_s: float | None = None
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True)
 class Retry:
-    reason: str
-    wait_s: float
-    paced: bool  # the provider asked for this wait (449, 429 with Retry-After)
+    reason: Final[str]
+    wait_s: Final[float]
+    paced: Final[bool]  # the provider asked for this wait (449, 429 with Retry-After)
+
+    def __init__(self, reason: str, wait_s: float, paced: bool) -> None:
+        self.reason = reason
+        self.wait_s = wait_s
+        self.paced = paced
 
     @property
     def budgeted(self) -> bool:

@@ -10,7 +10,8 @@ command through its adapter within a deadline and shapes the canonical result.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Final, cast
 
 from gateway.auth import check_tenant
 from gateway.config import ClientSpec, Config, TenantSpec
@@ -40,30 +41,44 @@ from gateway.spi import (
     Upstream,
 )
 from gateway.upstream import ProviderClient
-from gateway.values import value_class
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True)
 class ContactEcho:
     """The contact as the client named it, normalized: one of the three is set. It is
     echoed in the result (``ContactOut`` with the provider's id); a plain value, since
     a pydantic model built per request cost more than the rest of the plan."""
 
-    phone: str | None = None
-    email: str | None = None
-    id: str | None = None
+    phone: Final[str | None]
+    email: Final[str | None]
+    id: Final[str | None]
+
+    def __init__(self, phone: str | None = None, email: str | None = None,
+                 id: str | None = None) -> None:
+        self.phone = phone
+        self.email = email
+        self.id = id
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True)
 class Plan:
     """A request the gateway has accepted for a provider, ready to run (or queue)."""
 
-    operation: Operation
-    client: str
-    tenant: str
-    provider: str  # configured provider name
-    command: AssignCommand | UnassignCommand
-    contact: ContactEcho  # the canonical contact, echoed in the result
+    operation: Final[Operation]
+    client: Final[str]
+    tenant: Final[str]
+    provider: Final[str]  # configured provider name
+    command: Final[AssignCommand | UnassignCommand]
+    contact: Final[ContactEcho]  # the canonical contact, echoed in the result
+
+    def __init__(self, operation: Operation, client: str, tenant: str, provider: str,
+                 command: AssignCommand | UnassignCommand, contact: ContactEcho) -> None:
+        self.operation = operation
+        self.client = client
+        self.tenant = tenant
+        self.provider = provider
+        self.command = command
+        self.contact = contact
 
 
 def resolve_tenant(config: Config, client: ClientSpec, requested: str | None) -> str:
@@ -170,13 +185,16 @@ async def attempt(plan: Plan, pc: ProviderClient, call: Upstream) -> Outcome:
         raise
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True)
 class Done:
     """A succeeded operation's answer: ``body`` is its :class:`Result` as JSON, built
     directly (the request path would otherwise build the model and dump it twice;
     ``tests/unit/test_result_body.py`` holds the two to the same output)."""
 
-    body: dict[str, Any]
+    body: Final[dict[str, Any]]
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
 
     @property
     def operation_id(self) -> str:

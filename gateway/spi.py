@@ -23,13 +23,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Any, ClassVar, Literal, NewType, Protocol, TypeVar
+from typing import Any, ClassVar, Final, Literal, NewType, Protocol, TypeVar
 from urllib.parse import quote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import InvalidRequest
-from gateway.values import value_class
 
 # Canonical identifiers (what clients send, normalized) and provider
 # identifiers (what the provider calls the same thing) are distinct types.
@@ -51,58 +50,97 @@ JSON = Any
 T = TypeVar("T")
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True)
 class ContactRef:
     """A contact as the client named it, already normalized (E.164, lower-case email)."""
 
-    kind: ContactKind
-    value: str
+    kind: Final[ContactKind]
+    value: Final[str]
+
+    def __init__(self, kind: ContactKind, value: str) -> None:
+        self.kind = kind
+        self.value = value
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True)
 class AssigneeRef:
-    kind: AssigneeKind
-    value: str
+    kind: Final[AssigneeKind]
+    value: Final[str]
+
+    def __init__(self, kind: AssigneeKind, value: str) -> None:
+        self.kind = kind
+        self.value = value
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True)
 class TenantContext:
     """What an adapter may know of the tenant it serves."""
 
-    name: str
-    default_region: str
-    campaign_id: str | None = None
-    organization_id: str | None = None
+    name: Final[str]
+    default_region: Final[str]
+    campaign_id: Final[str | None]
+    organization_id: Final[str | None]
+
+    def __init__(self, name: str, default_region: str, campaign_id: str | None = None,
+                 organization_id: str | None = None) -> None:
+        self.name = name
+        self.default_region = default_region
+        self.campaign_id = campaign_id
+        self.organization_id = organization_id
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True)
 class AssignCommand:
-    tenant: TenantContext
-    contact: ContactRef
-    assignee: AssigneeRef
-    mode: Mode = "replace"
-    campaign_id: str | None = None  # the request's, else the tenant's
-    assigned_by: str | None = None
+    tenant: Final[TenantContext]
+    contact: Final[ContactRef]
+    assignee: Final[AssigneeRef]
+    mode: Final[Mode]
+    campaign_id: Final[str | None]  # the request's, else the tenant's
+    assigned_by: Final[str | None]
+
+    def __init__(self, tenant: TenantContext, contact: ContactRef, assignee: AssigneeRef,
+                 mode: Mode = "replace", campaign_id: str | None = None,
+                 assigned_by: str | None = None) -> None:
+        self.tenant = tenant
+        self.contact = contact
+        self.assignee = assignee
+        self.mode = mode
+        self.campaign_id = campaign_id
+        self.assigned_by = assigned_by
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True)
 class UnassignCommand:
-    tenant: TenantContext
-    contact: ContactRef
-    campaign_id: str | None = None
-    assigned_by: str | None = None
+    tenant: Final[TenantContext]
+    contact: Final[ContactRef]
+    campaign_id: Final[str | None]
+    assigned_by: Final[str | None]
+
+    def __init__(self, tenant: TenantContext, contact: ContactRef,
+                 campaign_id: str | None = None, assigned_by: str | None = None) -> None:
+        self.tenant = tenant
+        self.contact = contact
+        self.campaign_id = campaign_id
+        self.assigned_by = assigned_by
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True)
 class Outcome:
     """What the provider did, in canonical terms."""
 
-    contact_provider_id: ProviderContactId
-    assignee_provider_id: ProviderUserId | None = None
-    assignee_name: str | None = None
+    contact_provider_id: Final[ProviderContactId]
+    assignee_provider_id: Final[ProviderUserId | None]
+    assignee_name: Final[str | None]
+
+    def __init__(self, contact_provider_id: ProviderContactId,
+                 assignee_provider_id: ProviderUserId | None = None,
+                 assignee_name: str | None = None) -> None:
+        self.contact_provider_id = contact_provider_id
+        self.assignee_provider_id = assignee_provider_id
+        self.assignee_name = assignee_name
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True)
 class UpstreamRequest:
     """One HTTP exchange an adapter wants made.
 
@@ -112,18 +150,31 @@ class UpstreamRequest:
     body at all; a body that is JSON ``null`` inside an object is just a dict.
     """
 
-    operation: UpstreamOperation
-    method: str
-    path: str
-    query: tuple[tuple[str, str], ...] = ()
-    json: JSON = None
+    operation: Final[UpstreamOperation]
+    method: Final[str]
+    path: Final[str]
+    query: Final[tuple[tuple[str, str], ...]]
+    json: Final[JSON]
+
+    def __init__(self, operation: UpstreamOperation, method: str, path: str,
+                 query: tuple[tuple[str, str], ...] = (), json: JSON = None) -> None:
+        self.operation = operation
+        self.method = method
+        self.path = path
+        self.query = query
+        self.json = json
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True)
 class UpstreamResponse:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
+    status: Final[int]
+    headers: Final[Mapping[str, str]]
+    body: Final[bytes]
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
 
 
 @dataclass(frozen=True, slots=True)

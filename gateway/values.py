@@ -1,34 +1,60 @@
-"""Value objects made on every request: frozen for the type checker, plain at run time.
+"""Value objects made on every request: read-only, and native classes when compiled.
 
-A frozen dataclass assigns each field in ``__init__`` through
-``object.__setattr__``, a call per field; the gateway builds a dozen such objects
-per request (the plan, its command and references, each upstream request and
-response, each bucket decision), and that alone was 4.5% of the instructions a
-request costs (``python -m bench.instructions --ref``: 1,222,636 -> 1,167,323
-instructions per request).
+The gateway builds a dozen such objects per request (the plan, its command and
+references, each upstream request and response, each bucket decision, each
+retry decision). Each is declared the same way::
 
-:func:`value_class` makes a slots dataclass with value equality and hashing, and
-tells type checkers (PEP 681 ``frozen_default``) that its fields are read-only:
-``mypy --strict``, which ``make test`` runs on ``gateway/`` and ``providers/``,
-refuses any assignment to one (``tests/unit/test_values.py`` holds it to that).
-At run time nothing stops an assignment: code that is not type-checked must not
-rely on these objects refusing it. Objects built once per configuration keep
-``@dataclass(frozen=True)``.
+    @dataclass(init=False, unsafe_hash=True)
+    class ContactRef:
+        kind: Final[ContactKind]
+        value: Final[str]
+
+        def __init__(self, kind: ContactKind, value: str) -> None:
+            self.kind = kind
+            self.value = value
+
+- ``Final`` fields: ``mypy --strict``, which ``make test`` runs on ``gateway/`` and
+  ``providers/``, refuses any assignment outside ``__init__``, and compiled
+  (:mod:`gateway._native`) the attribute has no setter, so an assignment from any
+  code raises ``AttributeError``. As plain Python nothing stops one: code that is
+  not type-checked must not rely on it.
+- ``__init__`` written out: mypyc compiles it to a native constructor, which
+  compiled callers call directly. The ``__init__`` that ``dataclass`` generates is
+  interpreted code even in a compiled class, a call per object; a ``frozen``
+  dataclass's also goes through ``object.__setattr__`` per field.
+- ``dataclass`` still gives value equality, hashing, ``repr``, ``fields`` and
+  ``replace``; no class decorator of the gateway's own, since mypyc compiles a
+  class with any other decorator as an interpreted class, whose attributes are read
+  through a dictionary look-up each.
+
+(Before: slots dataclasses that only the type checker held read-only, PEP 681's
+``frozen_default``. ``python -m bench.instructions --ref`` counts the change.)
+Objects built once per configuration keep ``@dataclass(frozen=True)``.
+:func:`value_classes` finds every class declared this way, for the test that
+holds them to it (``tests/unit/test_values.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, TypeVar, dataclass_transform
+import dataclasses
+import importlib
+from typing import Any
 
-T = TypeVar("T")
-
-#: Every class made by :func:`value_class` (the test of the promise above walks them).
-VALUE_CLASSES: list[type[Any]] = []
+#: The modules that declare value classes.
+MODULES = ("gateway.spi", "gateway.service", "gateway.retry", "gateway.ratelimit.gcra")
 
 
-@dataclass_transform(frozen_default=True)
-def value_class(cls: type[T]) -> type[T]:
-    made = dataclass(slots=True, unsafe_hash=True)(cls)
-    VALUE_CLASSES.append(made)
-    return made
+def value_classes() -> list[type[Any]]:
+    """Every dataclass in :data:`MODULES` with its ``__init__`` written out (``init=False``).
+
+    Found by that, not by the ``Final`` annotations: a compiled class keeps its fields'
+    types, without ``Final``."""
+    found = []
+    for name in MODULES:
+        module = importlib.import_module(name)
+        for obj in vars(module).values():
+            if (isinstance(obj, type) and obj.__module__ == name
+                    and dataclasses.is_dataclass(obj)
+                    and not obj.__dataclass_params__.init):  # type: ignore[attr-defined]
+                found.append(obj)
+    return found

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-from gateway.values import value_class
+from typing import Final
 
 US = 1_000_000
 
@@ -55,7 +54,7 @@ class Bucket:
         return Bucket(self.interval_us * replicas, max(1, self.burst // replicas))
 
 
-@value_class
+@dataclass(init=False, unsafe_hash=True)
 class Decision:
     """One answer of a bucket.
 
@@ -65,18 +64,26 @@ class Decision:
     that could still go at once. ``reset_s``: until the bucket is full again.
     """
 
-    allowed: bool
-    wait_s: float
-    remaining: int
-    reset_s: float
-    retry_after_s: float = 0.0
+    allowed: Final[bool]
+    wait_s: Final[float]
+    remaining: Final[int]
+    reset_s: Final[float]
+    retry_after_s: Final[float]
+
+    def __init__(self, allowed: bool, wait_s: float, remaining: int, reset_s: float,
+                 retry_after_s: float = 0.0) -> None:
+        self.allowed = allowed
+        self.wait_s = wait_s
+        self.remaining = remaining
+        self.reset_s = reset_s
+        self.retry_after_s = retry_after_s
 
     @classmethod
     def of_us(cls, allowed: bool, wait_us: int, remaining: int, reset_us: int,
               max_wait_us: int) -> Decision:
         # Conditionals, not max(): a builtin call each, on every request's two buckets.
         retry = 0 if allowed else (wait_us - max_wait_us if wait_us - max_wait_us > 1 else 1)
-        return cls(allowed, wait_us / US, remaining if remaining > 0 else 0,
+        return Decision(allowed, wait_us / US, remaining if remaining > 0 else 0,
                    (reset_us if reset_us > 0 else 0) / US, retry / US)
 
 

@@ -57,11 +57,16 @@ class Scope:
     label: str  # client | account | path
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class Budget:
     """What the buckets a request went through said, for its rate-limit headers."""
 
     seen: list[tuple[Bucket, Decision]] = field(default_factory=list)
+
+    # Written out (init=False): compiled, a dataclass's generated __init__ is
+    # interpreted code, a call per request; this one is native (gateway/_native.py).
+    def __init__(self) -> None:
+        self.seen = []
 
     def tightest(self) -> tuple[Bucket, Decision] | None:
         """The fewest remaining, then the longest to reset; the first seen on a tie
