@@ -89,7 +89,7 @@ _OP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 def attempt_span(pc: ProviderClient) -> float:
     """The longest one attempt may take, and the most it is given: its lock and lease
     are longer. Each exchange may wait its limiter slot out and then its timeout."""
-    return (pc.config.timeout_s + pc.config.rate_limit.max_wait_s) * MAX_EXCHANGES
+    return (pc.timeout_s + pc.max_wait_s) * MAX_EXCHANGES
 
 
 def _attempt_end(pc: ProviderClient, deadline: float, loop: asyncio.AbstractEventLoop) -> float:
@@ -164,19 +164,19 @@ class Executor:
         pc = rt.providers[plan.provider]
         now = self.wall()
         rec = OpRecord(self.new_id(), plan, request_id, now,
-                       now + pc.config.retry.give_up_after_s)
+                       now + pc.give_up_after_s)
         if prefer_async:
             await self._guard(self.store.accept(rec, now))
             return await self._queue(rec, now)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + pc.config.retry.deadline_s
+        deadline = loop.time() + pc.deadline_s
         end = _attempt_end(pc, deadline, loop)
         # Accepting and the first try for the lock are one store step (one Redis round trip).
         # Pending (an older operation waits rather than end superseded) until the first
         # save, which comes within the deadline.
         self._sync += 1
         try:
-            hold, pending = _hold(end, loop), pc.config.retry.deadline_s + PENDING_MARGIN_S
+            hold, pending = _hold(end, loop), pc.deadline_s + PENDING_MARGIN_S
             if self._memory is not None:
                 begun = self._memory.accept_begin_now(rec, hold, pending)
             else:
@@ -323,7 +323,7 @@ class Executor:
 
     async def _succeed(self, pc: ProviderClient, rec: OpRecord, outcome: Outcome,
                        lease: str | None = None) -> Done:
-        done = result(rec.plan, pc.config.type, outcome, rec.id, rec.attempts)
+        done = result(rec.plan, pc.type, outcome, rec.id, rec.attempts)
         rec.status, rec.result = "succeeded", done.body
         await self._final(rec, lease, unlock=_unlocks(rec))
         return done

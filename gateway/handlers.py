@@ -75,7 +75,7 @@ async def _run(request: web.Request, rt: Runtime, client: ClientSpec, operation:
 
 
 def _plan(rt: Runtime, client: ClientSpec, operation: Operation, body: UnassignRequest) -> Plan:
-    p = plan(rt.config, rt.providers, client, operation, body)
+    p = plan(rt.config, rt.routes, client, operation, body)
     logs.annotate_plan(p)
     return p
 

@@ -22,6 +22,7 @@ from gateway.auth import ClientAuth
 from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.registry import AdapterClass, adapters
+from gateway.service import Route, routes
 from gateway.upstream import LookupCache, ProviderClient, new_session
 
 
@@ -38,6 +39,13 @@ class Runtime:
     # than an asyncio.Event: the event's set and clear would be two calls into
     # asyncio's Python code on every request, for a wait that happens once per reload.
     _idle_waiters: list[asyncio.Future[None]] = field(default_factory=list, repr=False)
+    # Each tenant as the plan reads it (gateway.service.Route), built with the runtime.
+    routes: dict[str, Route] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Set here, not by a field default: a compiled dataclass leaves a field with
+        # init=False unset (gateway/_native.py).
+        self.routes = routes(self.config, self.providers)
 
     def enter(self) -> None:
         self.inflight += 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from gateway.auth import check_tenant
-from gateway.config import ClientSpec, Config, TenantSpec
+from gateway.config import ClientSpec, Config
 from gateway.errors import (
     InvalidRequest,
     ProviderError,
@@ -106,7 +106,7 @@ def _check_capabilities(caps: Capabilities, provider_type: str, operation: Opera
             provider=provider_type, extra={"capabilities": caps.public()})
 
 
-def _contact(c: ContactIn, tenant: TenantSpec, caps: Capabilities,
+def _contact(c: ContactIn, default_region: str, caps: Capabilities,
              provider_type: str) -> tuple[ContactRef, ContactEcho]:
     kind = "phone" if c.phone is not None else "email" if c.email is not None else "id"
     if kind not in caps.contact_kinds:
@@ -114,7 +114,7 @@ def _contact(c: ContactIn, tenant: TenantSpec, caps: Capabilities,
             f"a contact {kind} cannot reach {provider_type}; it takes "
             f"{', '.join(caps.contact_kinds)}", provider=provider_type)
     if c.phone is not None:
-        phone = normalize_phone(c.phone, tenant.default_region)
+        phone = normalize_phone(c.phone, default_region)
         return ContactRef("phone", phone), ContactEcho(phone=phone)
     if c.email is not None:
         email = normalize_email(c.email, "contact.email")
@@ -147,18 +147,37 @@ def _assignee(a: AssigneeIn, caps: Capabilities, provider_type: str, provider: s
                                                provider_type))
 
 
-def plan(config: Config, providers: Mapping[str, ProviderClient], client: ClientSpec,
+@dataclass(init=False)
+class Route:
+    """A tenant as :func:`plan` reads it on every request, built once per configuration
+    (:func:`routes`): native attributes (compiled, gateway/_native.py), where each read
+    of the configuration's pydantic models goes through their ``__getattr__`` hook."""
+
+    tenant: Final[TenantContext]  # what its adapters may know: one object for every request
+    client: Final[ProviderClient]
+
+    def __init__(self, tenant: TenantContext, client: ProviderClient) -> None:
+        self.tenant = tenant
+        self.client = client
+
+
+def routes(config: Config, providers: Mapping[str, ProviderClient]) -> dict[str, Route]:
+    """Each tenant's :class:`Route`, for the tenants whose provider is in ``providers``."""
+    return {name: Route(TenantContext(name, t.default_region, t.campaign_id,
+                                      t.organization_id), providers[t.provider])
+            for name, t in config.tenants.items() if t.provider in providers}
+
+
+def plan(config: Config, routes: Mapping[str, Route], client: ClientSpec,
          operation: Operation, body: UnassignRequest) -> Plan:
     """Validate and translate; raises a RequestError before anything is sent."""
     tenant_name = resolve_tenant(config, client, body.tenant)
-    tenant = config.tenants[tenant_name]
-    pc = providers[tenant.provider]
-    caps, ptype = pc.adapter.capabilities, pc.config.type
+    route = routes[tenant_name]
+    pc, ctx = route.client, route.tenant
+    caps, ptype = pc.adapter.capabilities, pc.type
     _check_capabilities(caps, ptype, operation, body)
-    contact, echo = _contact(body.contact, tenant, caps, ptype)
-    ctx = TenantContext(tenant_name, tenant.default_region, tenant.campaign_id,
-                        tenant.organization_id)
-    campaign = body.campaign_id or tenant.campaign_id
+    contact, echo = _contact(body.contact, ctx.default_region, caps, ptype)
+    campaign = body.campaign_id or ctx.campaign_id
     command: AssignCommand | UnassignCommand
     if isinstance(body, AssignRequest):
         assignee = _assignee(body.assignee, caps, ptype, pc.name, config.directory)
@@ -181,7 +200,7 @@ async def attempt(plan: Plan, pc: ProviderClient, call: Upstream) -> Outcome:
     try:
         return await run_command(pc, call, plan.command)
     except ProviderError as e:
-        e.provider = pc.config.type
+        e.provider = pc.type
         raise
 
 

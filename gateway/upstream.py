@@ -143,6 +143,14 @@ class ProviderClient:
                  observer: UpstreamObserver | None = None) -> None:
         self.config = config
         self.name = config.name  # read on every exchange: an attribute, not a property
+        # What a request reads of the configuration, as native attributes (compiled,
+        # gateway/_native.py): each read of a pydantic model's field goes through its
+        # __getattr__ hook. The configuration is frozen; a reload builds a new client.
+        self.type = config.type
+        self.timeout_s = config.timeout_s
+        self.max_wait_s = config.rate_limit.max_wait_s
+        self.deadline_s = config.retry.deadline_s
+        self.give_up_after_s = config.retry.give_up_after_s
         self.adapter = adapter
         self.session = session
         self.cache = cache
@@ -279,7 +287,7 @@ class Call:
             pending = gate.before(self.client, request, self.deadline)
             if pending is not None:
                 await pending
-        budget = min(self.client.config.timeout_s, self.remaining())
+        budget = min(self.client.timeout_s, self.remaining())
         if budget <= 0:
             raise UpstreamTimeout("the request's deadline passed")
         self.exchanges += 1
