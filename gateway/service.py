@@ -108,26 +108,31 @@ def _check_capabilities(caps: Capabilities, provider_type: str, operation: Opera
 
 def _contact(c: ContactIn, default_region: str, caps: Capabilities,
              provider_type: str) -> tuple[ContactRef, ContactEcho]:
-    kind = "phone" if c.phone is not None else "email" if c.email is not None else "id"
+    # Each field read once: a read of a pydantic model's field goes through its
+    # __getattr__ hook.
+    raw_phone, raw_email = c.phone, c.email
+    kind = "phone" if raw_phone is not None else "email" if raw_email is not None else "id"
     if kind not in caps.contact_kinds:
         raise UntranslatableIdentifier(
             f"a contact {kind} cannot reach {provider_type}; it takes "
             f"{', '.join(caps.contact_kinds)}", provider=provider_type)
-    if c.phone is not None:
-        phone = normalize_phone(c.phone, default_region)
+    if raw_phone is not None:
+        phone = normalize_phone(raw_phone, default_region)
         return ContactRef("phone", phone), ContactEcho(phone=phone)
-    if c.email is not None:
-        email = normalize_email(c.email, "contact.email")
+    if raw_email is not None:
+        email = normalize_email(raw_email, "contact.email")
         return ContactRef("email", email), ContactEcho(email=email)
-    assert c.id is not None
-    cid = check_provider_id(c.id, caps.contact_id_pattern, "contact.id", provider_type)
+    raw_id = c.id
+    assert raw_id is not None
+    cid = check_provider_id(raw_id, caps.contact_id_pattern, "contact.id", provider_type)
     return ContactRef("id", cid), ContactEcho(id=cid)
 
 
 def _assignee(a: AssigneeIn, caps: Capabilities, provider_type: str, provider: str,
               directory: Mapping[str, Mapping[str, str]]) -> AssigneeRef:
-    if a.email is not None:
-        email = normalize_email(a.email, "assignee.email")
+    raw_email = a.email  # read once, as in _contact
+    if raw_email is not None:
+        email = normalize_email(raw_email, "assignee.email")
         override = directory.get(email, {}).get(provider)
         if override is not None:
             # The platform team's directory answers before any provider look-up. Not
@@ -139,12 +144,13 @@ def _assignee(a: AssigneeIn, caps: Capabilities, provider_type: str, provider: s
         raise UntranslatableIdentifier(
             f"an assignee email cannot reach {provider_type} without a directory entry",
             provider=provider_type)
-    assert a.id is not None
+    raw_id = a.id
+    assert raw_id is not None
     if "id" not in caps.assignee_kinds:
         raise UntranslatableIdentifier(f"an assignee id cannot reach {provider_type}",
                                        provider=provider_type)
-    return AssigneeRef("id", check_provider_id(a.id, caps.assignee_id_pattern, "assignee.id",
-                                               provider_type))
+    return AssigneeRef("id", check_provider_id(raw_id, caps.assignee_id_pattern,
+                                               "assignee.id", provider_type))
 
 
 @dataclass(init=False)

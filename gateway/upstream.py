@@ -227,8 +227,10 @@ async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
     The loop ends: every chunk holds at least one byte and the total is capped
     (and the exchange's timeout bounds the wait).
     """
-    length = resp.content_length  # a property that parses the header: read once
-    if length is not None and length > MAX_UPSTREAM_BODY:
+    # The raw header, not the content_length property (interpreted code that parses it):
+    # aiohttp's parser has refused a Content-Length that is not digits.
+    length = resp.headers.get("Content-Length")
+    if length is not None and int(length) > MAX_UPSTREAM_BODY:
         raise UpstreamMalformed(_TOO_LARGE)
     chunks: list[bytes] = []
     size = 0
