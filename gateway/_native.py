@@ -34,8 +34,11 @@ Left out: modules with pydantic models (``models``, ``config``, the providers'
 ``models``: mypyc does not compile their metaclass; a compiled module may use
 them, as the providers' ``wire`` does), ``app`` (it holds the
 ``cleanup_ctx`` setups, async generators), ``errors`` (class attributes set as
-tuples), ``values`` (its decorator must stay a Python function for
-``dataclass_transform``), and what is not on a request's path.
+tuples), and what is not on a request's path. A compiled class is native only
+without a class decorator other than ``dataclass`` (or ``final``, ``trait``,
+``mypyc_attr``), and a compiled ``dataclass`` builds through the interpreted
+``__init__`` that ``dataclasses`` generates unless it writes its own
+(:mod:`gateway.values`).
 """
 
 from __future__ import annotations
