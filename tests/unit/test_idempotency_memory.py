@@ -3,6 +3,9 @@ a day, only a claim's own nonce finishes or releases it, and the map is bounded.
 
 from __future__ import annotations
 
+import dataclasses
+
+import orjson
 import pytest
 
 from gateway import idempotency
@@ -55,3 +58,13 @@ async def test_the_oldest_keys_go_first_past_the_bound(monkeypatch: pytest.Monke
     assert await store.claim("a", Entry("fp", "again"), 35.0) is None  # "a" went
     found = await store.claim("d", Entry("fp", "again"), 35.0)
     assert found is not None and found.nonce == "d"
+
+
+def test_entry_dumps_as_asdict_and_loads_back() -> None:
+    # Entry.dumps builds the dict itself; stored entries must read the same as before.
+    for entry in (Entry("fp", "n1"),
+                  Entry("fp", "n2", done=True, status=202, headers={"Location": "/v1/x"},
+                        body='{"a":1}', problem={"code": "rate_limited"})):
+        assert entry.dumps() == orjson.dumps(dataclasses.asdict(entry))
+        assert Entry.loads(entry.dumps()) == entry
+    assert Entry("fp", "n").headers is not Entry("fp", "n").headers  # no shared default
