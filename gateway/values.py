@@ -28,7 +28,10 @@ retry decision). Each is declared the same way::
   through a dictionary look-up each.
 
 (Before: slots dataclasses that only the type checker held read-only, PEP 681's
-``frozen_default``. ``python -m bench.instructions --ref`` counts the change.)
+``frozen_default``. The change, with the operation and access records writing out
+their ``__init__`` too, took 6.7% off the instructions per request:
+``python -m bench.instructions --ref``, 857,811 -> 800,232; README, "Native value
+classes".)
 Objects built once per configuration keep ``@dataclass(frozen=True)``.
 :func:`value_classes` finds every class declared this way, for the test that
 holds them to it (``tests/unit/test_values.py``).
