@@ -62,7 +62,7 @@ async def dry_run(plan: Plan, pc: ProviderClient, call: Call) -> dict[str, Any]:
             "status": "dry_run",
             "operation": plan.operation,
             "tenant": plan.tenant,
-            "provider": pc.config.type,
+            "provider": pc.type,
             "provider_name": pc.name,
             "contact": contact_dict(plan.contact, None),
             "would_send": describe(c.request, pc),

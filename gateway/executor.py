@@ -278,7 +278,7 @@ class Executor:
         spec = pc.config.retry
         retry = next_retry(err, spec, rec, self.rand())
         action = "fail" if retry is None else sync_action(
-            retry, spec, rec, remaining - MIN_ATTEMPT_S, pc.config.timeout_s)
+            retry, spec, rec, remaining - MIN_ATTEMPT_S, pc.timeout_s)
         if (action == "retry" and retry is not None and retry.budgeted
                 and not await self.budget.allow(pc.name)):
             action = "fail"  # the budget is spent: failing fast adds no load to an outage
@@ -307,7 +307,7 @@ class Executor:
                 rec.attempts -= 1
             raise
         except ProviderError as e:
-            e.provider = pc.config.type
+            e.provider = pc.type
             if isinstance(e, UpstreamTimeout):
                 rec.timed_out = True  # for good: a later outcome must not release the lock
             raise
@@ -481,7 +481,7 @@ def _gave_up(rec: OpRecord, pc: ProviderClient | None) -> UpstreamUnavailable:
     kind = _LAST_ERROR.get(rec.reason or "")
     err = (UpstreamUnavailable(f"{after}: no attempt could be made") if kind is None
            else kind(f"{after}; the last attempt failed ({rec.reason})"))
-    err.provider = None if pc is None else pc.config.type
+    err.provider = None if pc is None else pc.type
     return err
 
 

@@ -96,7 +96,7 @@ async def _dry_run(request: web.Request, rt: Runtime, client: ClientSpec,
     """Resolve and check against the tenant's current provider; reads only."""
     p = _plan(rt, client, operation, body)
     pc = rt.providers[p.provider]
-    deadline = asyncio.get_running_loop().time() + pc.config.retry.deadline_s
+    deadline = asyncio.get_running_loop().time() + pc.deadline_s
     call = Call(pc, deadline, {"X-Request-ID": request[REQUEST_ID]},
                 gate=gate_for(request.app))
     return json_response(await dry_run(p, pc, call))
@@ -127,7 +127,7 @@ async def tenants(request: web.Request) -> web.Response:
     out = []
     for name in client.tenants:
         pc = rt.providers[rt.config.tenants[name].provider]
-        out.append({"name": name, "provider": pc.config.type,
+        out.append({"name": name, "provider": pc.type,
                     "capabilities": pc.adapter.capabilities.public()})
     return json_response({"tenants": out})
 

@@ -225,7 +225,7 @@ def _key(request: web.Request) -> str | None:
 
 
 def _claim_ttl(app: web.Application) -> float:
-    specs = [pc.config.retry.deadline_s for pc in app[RUNTIME].providers.values()]
+    specs = [pc.deadline_s for pc in app[RUNTIME].providers.values()]
     return max(specs, default=0.0) + CLAIM_MARGIN_S
 
 

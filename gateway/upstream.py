@@ -146,6 +146,7 @@ class ProviderClient:
         # What a request reads of the configuration, as native attributes (compiled,
         # gateway/_native.py): each read of a pydantic model's field goes through its
         # __getattr__ hook. The configuration is frozen; a reload builds a new client.
+        # The gateway reads these, never the same fields through ``config``.
         self.type = config.type
         self.timeout_s = config.timeout_s
         self.max_wait_s = config.rate_limit.max_wait_s

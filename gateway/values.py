@@ -2,16 +2,9 @@
 
 The gateway builds a dozen such objects per request (the plan, its command and
 references, each upstream request and response, each bucket decision, each
-retry decision). Each is declared the same way::
-
-    @dataclass(init=False, unsafe_hash=True)
-    class ContactRef:
-        kind: Final[ContactKind]
-        value: Final[str]
-
-        def __init__(self, kind: ContactKind, value: str) -> None:
-            self.kind = kind
-            self.value = value
+retry decision). Each is declared the same way, as :class:`gateway.spi.ContactRef`
+is: ``@dataclass(init=False, unsafe_hash=True)``, its fields annotated ``Final``,
+and an ``__init__`` written out that sets each field in order.
 
 - ``Final`` fields: ``mypy --strict``, which ``make test`` runs on ``gateway/`` and
   ``providers/``, refuses any assignment outside ``__init__``, and compiled

@@ -84,7 +84,7 @@ class Decision:
         # Conditionals, not max(): a builtin call each, on every request's two buckets.
         retry = 0 if allowed else (wait_us - max_wait_us if wait_us - max_wait_us > 1 else 1)
         return Decision(allowed, wait_us / US, remaining if remaining > 0 else 0,
-                   (reset_us if reset_us > 0 else 0) / US, retry / US)
+                        (reset_us if reset_us > 0 else 0) / US, retry / US)
 
 
 def reserve(tat: int | None, now: int, bucket: Bucket, max_wait_us: int,

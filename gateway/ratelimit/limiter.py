@@ -198,7 +198,7 @@ class Limiter:
                     return
                 if tries >= MAX_RESERVES:
                     raise RateLimited("the provider kept pausing this request's rate limit",
-                                      provider=client.config.type, retry_after=1.0)
+                                      provider=client.type, retry_after=1.0)
             wait = self._wait_budget(scope, deadline)
             decision = (reserve_now(scope.key, scope.bucket, wait) if reserve_now is not None
                         else await self.backend.reserve(scope.key, scope.bucket, wait))
@@ -219,7 +219,7 @@ class Limiter:
         self._note(scope, decision)
         if not decision.allowed:
             self._refuse(scope, decision, "the provider's rate limit has no slot for "
-                         "this request within its wait budget", client.config.type)
+                         "this request within its wait budget", client.type)
         self.metrics.ratelimit_waited(client.name, decision.wait_s)
         return decision.wait_s
 
