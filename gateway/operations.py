@@ -81,6 +81,9 @@ PENDING_S = 30.0
 #: once their number has doubled: however many requests are in flight (each holds one
 #: of each), a request pays amortized O(1) for the sweeps, not a walk of them all.
 SWEEP_AT = 1000
+#: A contact lock drops its expired holders once it has more than this many, and then
+#: only once their number has doubled (see :class:`ContactLock`).
+LOCK_SWEEP_AT = 16
 
 
 def contact_key(tenant: str, contact: ContactRef) -> str:
@@ -324,6 +327,33 @@ class OperationStore(Protocol):
         ...
 
 
+class ContactLock:
+    """One contact's lock in the in-process store: the run (order token) that holds it,
+    and its holders (op id -> until when, the store's clock).
+
+    Holders are one run's operations (a burst of identical requests shares the lock),
+    so a lock can have as many as there are requests in flight for its contact. Taking
+    or letting go of it is O(1) whatever their number: a holder joining its own run
+    need not know which others have expired (the run holds the lock either way), and
+    a holder leaving frees the lock when it was the last. The expired are dropped
+    only when it matters, when another run asks (:meth:`MemoryStore._live`), and
+    otherwise once the holders have doubled since the last sweep (:meth:`hold`), so a
+    holder that never lets go (an attempt that timed out) costs amortized O(1).
+    """
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.holders: dict[str, float] = {}
+        self.sweep_at = LOCK_SWEEP_AT
+
+    def hold(self, op_id: str, until: float, now: float) -> None:
+        holders = self.holders
+        holders[op_id] = until
+        if len(holders) > self.sweep_at:
+            self.holders = holders = {k: v for k, v in holders.items() if v > now}
+            self.sweep_at = max(LOCK_SWEEP_AT, 2 * len(holders))
+
+
 class MemoryStore:
     """In-process operations (``redis_url: null``): one replica, lost on restart."""
 
@@ -340,7 +370,7 @@ class MemoryStore:
         # op id -> what it replaced, for an operation that withdrew while not the newest
         self.withdrawn: Expiring[str, tuple[tuple[str, str] | None]] = Expiring(
             100_000, WITHDRAWN_TTL_S, clock)
-        self.locks: dict[str, tuple[str, dict[str, float]]] = {}  # contact -> intent, holders
+        self.locks: dict[str, ContactLock] = {}  # contact -> its lock, while held
         self.leases: dict[str, tuple[str, float]] = {}  # op id -> (token, expires)
         self.due: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
@@ -354,16 +384,17 @@ class MemoryStore:
             return None
         return entry[0]
 
-    def _holders(self, contact: str) -> tuple[str, dict[str, float]] | None:
-        entry = self.locks.pop(contact, None)
-        if entry is None:
-            return None
+    def _live(self, contact: str, lock: ContactLock) -> bool:
+        """Whether ``lock`` (``contact``'s) has a holder that has not expired; the expired
+        are dropped, and a lock left with none is freed."""
         now = self.clock()
-        live = {k: v for k, v in entry[1].items() if v > now}
+        live = {k: v for k, v in lock.holders.items() if v > now}
         if not live:
-            return None
-        self.locks[contact] = (entry[0], live)
-        return self.locks[contact]
+            del self.locks[contact]
+            return False
+        lock.holders = live
+        lock.sweep_at = max(LOCK_SWEEP_AT, 2 * len(live))
+        return True
 
     def _schedule(self, op_id: str, when: float) -> None:
         self.due[op_id] = when
@@ -431,12 +462,15 @@ class MemoryStore:
             if not rec.timed_out:
                 self.unlock(rec)
             return "busy"
-        held = self._holders(contact)
-        if held is not None and held[0] != token:
-            return "busy"
-        holders = {} if held is None else held[1]
-        holders[rec.id] = self.clock() + hold_s
-        self.locks[contact] = (token, holders)
+        lock = self.locks.get(contact)
+        if lock is not None and lock.token != token:
+            if self._live(contact, lock):
+                return "busy"
+            lock = None
+        now = self.clock()
+        if lock is None:
+            lock = self.locks[contact] = ContactLock(token)
+        lock.hold(rec.id, now + hold_s, now)
         return "ok"
 
     async def accept_begin(self, rec: OpRecord, now: float, hold_s: float,
@@ -453,12 +487,11 @@ class MemoryStore:
 
     def unlock(self, rec: OpRecord) -> None:
         contact = rec.contact
-        entry = self.locks.get(contact)
-        if entry is None or entry[1].pop(rec.id, None) is None:
+        lock = self.locks.get(contact)
+        if lock is None or lock.holders.pop(rec.id, None) is None:
             return
-        # The last holder gone, or only expired ones left (_holders drops those): free.
-        if not entry[1] or self._holders(contact) is None:
-            self.locks.pop(contact, None)
+        if not lock.holders:  # the last holder gone (expired ones go when they matter)
+            del self.locks[contact]
 
     async def save(self, rec: OpRecord, *, due: float | None, lease: str | None = None,
                    unlock: bool = True, withdraw: bool = False) -> bool:
@@ -497,8 +530,8 @@ class MemoryStore:
 
     async def claim(self, now: float, limit: int, lease_s: float, token: str) -> list[OpRecord]:
         if len(self.locks) > self._sweep_locks_at:  # locks left to expire (timeouts) go here
-            for contact in list(self.locks):
-                self._holders(contact)
+            for contact, lock in list(self.locks.items()):
+                self._live(contact, lock)
             self._sweep_locks_at = max(SWEEP_AT, 2 * len(self.locks))
         out: list[OpRecord] = []
         while self._heap and self._heap[0][0] <= now and len(out) < limit:
