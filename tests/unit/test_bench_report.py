@@ -100,3 +100,26 @@ def test_instruction_counts_show_what_the_idle_background_took_off() -> None:
            "idle_per_s": {"passthrough": 5.0, "gateway": 500_000.0}}
     rows = [line for line in _instructions_section(ins) if line.startswith("| gateway ")]
     assert rows == ["| gateway | 800,000 | 1.60 | 810,000 | 500,000 |"]
+
+
+def test_the_cpu_bar_is_also_read_in_instructions_at_the_top_connection_count() -> None:
+    loaded = {"requests": 3000, "connections": 64,
+              "per_request": {"passthrough": 640_000.0, "floor": 720_000.0,
+                              "gateway": 830_000.0}}
+    ins = {"requests": 1000, "connections": 1,
+           "per_request": {"passthrough": 590_000.0, "gateway": 720_000.0}, "loaded": loaded}
+    found = {str(b["bar"]): b for b in bars([], {"instructions": ins}, _args())
+             if "instructions per request / passthrough" in str(b["bar"])}
+    one = found["in-process instructions per request / passthrough (callgrind, 1 conn)"]
+    top = found["in-process instructions per request / passthrough (callgrind, 64 conns)"]
+    assert one["result"] == "pass" and one["value"] == pytest.approx(720 / 590)
+    assert top["result"] == "falls short" and top["value"] == pytest.approx(830 / 640)
+    assert "the floor, only what the contract asks done inline" in str(top["detail"])
+    rows = [line for line in _instructions_section(ins) if line.startswith("| gateway |")]
+    assert rows[-1] == "| gateway | 830,000 | 1.30 | 720,000 |"
+    # Not counted: the bar says why, under its own name.
+    skipped = [b for b in bars([], {"instructions": {"skipped": "valgrind is not installed"}},
+                               _args()) if "64 conns" in str(b["bar"])
+               and "instructions" in str(b["bar"])]
+    assert skipped[0]["result"] == "not measured"
+    assert skipped[0]["note"] == "valgrind is not installed"
