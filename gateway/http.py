@@ -229,8 +229,15 @@ async def read_body(request: web.Request, model: type[M]) -> M:
     if length is not None and int(length) > MAX_BODY:
         raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
     try:
-        if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
-            raw = await request.read()
+        content = request.content
+        if content.is_eof():
+            # The whole body came with the headers: taken as it is, with no coroutine
+            # (request.read() runs two of aiohttp's per body, to find there is no more).
+            # Nothing reads the body again. aiohttp's client_max_size applies only
+            # to read(): the limit is checked here (the Content-Length may be absent).
+            raw = content.read_nowait()
+            if len(raw) > MAX_BODY:
+                raise PayloadTooLarge(f"bodies are limited to {MAX_BODY} bytes")
         else:
             async with asyncio.timeout(BODY_TIMEOUT_S):
                 raw = await request.read()

@@ -233,14 +233,25 @@ async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
     length = resp.headers.get("Content-Length")
     if length is not None and int(length) > MAX_UPSTREAM_BODY:
         raise UpstreamMalformed(_TOO_LARGE)
+    content = resp.content
     chunks: list[bytes] = []
     size = 0
-    while chunk := await resp.content.readany():
+    # Awaited only while the answer is still coming. Once its end has arrived (for an
+    # answer of a packet or a few, before the exchange returns), what is left is taken
+    # as it is, with no coroutine: readany() is one, and read() runs two per answer.
+    while not content.is_eof():
+        chunk = await content.readany()
+        if not chunk:
+            break
         size += len(chunk)
         if size > MAX_UPSTREAM_BODY:
             raise UpstreamMalformed(_TOO_LARGE)
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    rest = content.read_nowait()  # all that is buffered: no more can come after the end
+    body = rest if not chunks else b"".join([*chunks, rest])
+    if len(body) > MAX_UPSTREAM_BODY:
+        raise UpstreamMalformed(_TOO_LARGE)
+    return body
 
 
 def _connect_detail(e: BaseException) -> str:

@@ -107,3 +107,23 @@ async def test_an_oversized_chunked_body_is_refused_once_past_the_cap(
     async with provider(lambda w: _pieces(w, head, _chunked(BODY, 300))) as pc:
         with pytest.raises(UpstreamMalformed, match="larger than any it documents"):
             await pc.exchange(REQUEST, 5.0)
+
+
+async def test_an_oversized_chunked_body_that_arrives_whole_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Head and body in one write: the end has arrived before the body is read, so it is
+    # taken as buffered (no read loop to count it): the cap must still hold.
+    monkeypatch.setattr(upstream, "MAX_UPSTREAM_BODY", 1000)
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    async with provider(lambda w: _pieces(w, head + b"".join(_chunked(BODY, 300)), [])) as pc:
+        with pytest.raises(UpstreamMalformed, match="larger than any it documents"):
+            await pc.exchange(REQUEST, 5.0)
+
+
+async def test_a_chunked_body_that_arrives_whole_is_read_whole() -> None:
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    async with provider(lambda w: _pieces(w, head + b"".join(_chunked(BODY, 700)), [])) as pc:
+        resp = await pc.exchange(REQUEST, 5.0)
+    assert resp.body == BODY
