@@ -20,13 +20,17 @@ from types import TracebackType
 
 
 class deadline:
-    __slots__ = ("_cancelling", "_delay", "_expired", "_handle", "_task")
+    """``loop``: the running loop, when the caller has it. Python 3.11 finds the running
+    loop with a ``getpid()`` system call each time, to notice a fork."""
 
-    def __init__(self, delay_s: float) -> None:
+    __slots__ = ("_cancelling", "_delay", "_expired", "_handle", "_loop", "_task")
+
+    def __init__(self, delay_s: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._delay = delay_s
+        self._loop = loop
 
     def __enter__(self) -> None:
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)
         if task is None:
             raise RuntimeError("deadline() is for code running in a task")
         self._task = task

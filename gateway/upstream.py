@@ -173,9 +173,12 @@ class ProviderClient:
         return url
 
     async def exchange(self, request: UpstreamRequest, timeout_s: float,
-                       extra_headers: Mapping[str, str] | None = None) -> UpstreamResponse:
-        """One HTTP exchange, bounded by ``timeout_s``; never follows redirects."""
-        loop = asyncio.get_running_loop()
+                       extra_headers: Mapping[str, str] | None = None,
+                       loop: asyncio.AbstractEventLoop | None = None) -> UpstreamResponse:
+        """One HTTP exchange, bounded by ``timeout_s``; never follows redirects.
+        ``loop``: the running loop, when the caller has it (see :class:`Call`)."""
+        if loop is None:
+            loop = asyncio.get_running_loop()
         start = loop.time()
         status = "error"
         data: bytes | None = None
@@ -187,7 +190,7 @@ class ProviderClient:
         try:
             # One timer bounds the whole exchange; aiohttp's own timers would be a
             # second, redundant set per request (_NO_TIMEOUT turns them off).
-            with deadline(timeout_s):
+            with deadline(timeout_s, loop):
                 resp = await self.session.request(
                     request.method, self.url(request), params=request.query or None,
                     data=data, headers=headers, allow_redirects=False, timeout=_NO_TIMEOUT)
@@ -285,15 +288,19 @@ class Call:
 
     def __init__(self, client: ProviderClient, deadline: float,
                  extra_headers: Mapping[str, str] | None = None,
-                 gate: UpstreamGate | None = None) -> None:
+                 gate: UpstreamGate | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.client = client
         self.deadline = deadline
         self.extra_headers = extra_headers
         self.gate = gate
         self.exchanges = 0
+        # The running loop, found once (or given): Python 3.11 finds it with a getpid()
+        # system call each time, and an attempt reads the time and sets a timer by it.
+        self.loop = asyncio.get_running_loop() if loop is None else loop
 
     def remaining(self) -> float:
-        return self.deadline - asyncio.get_running_loop().time()
+        return self.deadline - self.loop.time()
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         gate = self.gate
@@ -305,7 +312,7 @@ class Call:
         if budget <= 0:
             raise UpstreamTimeout("the request's deadline passed")
         self.exchanges += 1
-        response = await self.client.exchange(request, budget, self.extra_headers)
+        response = await self.client.exchange(request, budget, self.extra_headers, self.loop)
         if gate is not None:
             pending = gate.after(self.client, request, response)
             if pending is not None:

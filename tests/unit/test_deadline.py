@@ -43,3 +43,15 @@ async def test_a_cancel_from_outside_stays_a_cancel() -> None:
 async def test_an_error_inside_the_block_passes_through_untouched() -> None:
     with pytest.raises(KeyError), deadline(5):
         raise KeyError("x")
+
+
+async def test_given_the_loop_it_times_out_the_same() -> None:
+    # The caller's loop spares asyncio's look-up (a getpid() system call in 3.11).
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TimeoutError), deadline(0.01, loop):
+        await asyncio.sleep(5)
+    with deadline(0.02, loop):
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.05)  # a timer left behind would cancel this task
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
