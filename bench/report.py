@@ -413,6 +413,32 @@ def _instructions_section(ins: dict[str, Any]) -> list[str]:
     return out
 
 
+#: Iterations of the host-speed loop (bench.run.host_loop_s).
+HOST_LOOP = 10_000_000
+#: The host-speed loop's time (best of 3) on this machine's fast days, when the
+#: passthrough spends about 106 us of CPU per request at 64 connections: the same loop
+#: at module level (global variables, slower) took 0.32 s on those days, and the
+#: function's loop takes 0.57 to 0.63 of the module's on this machine. Its slow days
+#: take three to six times as long (README, "Performance").
+FAST_HOST_LOOP_S = 0.19
+
+
+def host_speed_lines(loop_s: dict[str, float] | None) -> list[str]:
+    """How fast the host was: CPU times and their ratios move with it, instruction
+    counts do not (the machine is shared, and its speed changes from hour to hour)."""
+    if not loop_s:
+        return []
+    start, end = loop_s["start"], loop_s["end"]
+    slow = max(start, end) / FAST_HOST_LOOP_S
+    verdict = ("a fast host" if slow < 1.3 else
+               f"a host about {slow:.1f} times slower than a fast one: CPU times and the "
+               "ratios between them move with the host (a Python handler's more than the "
+               "passthrough's mostly-C work); the instruction counts do not")
+    return [f"Host speed: {HOST_LOOP:,} iterations of an empty Python loop took "
+            f"{start:.2f} s before the runs and {end:.2f} s after them (best of 3; "
+            f"{FAST_HOST_LOOP_S:.2f} s on a fast day): {verdict}.", ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta, summary = results["meta"], results["summary"]
     s = meta["settings"]
@@ -427,6 +453,7 @@ def markdown(results: dict[str, Any]) -> str:
         "Written by `bench/run.py`; every number below comes from this one run "
         "(raw per-round figures in `bench/results.json`).",
         "",
+        *host_speed_lines(meta.get("host_loop_s")),
         "## The bars",
         "",
         "| bar | measured | target | result |",

@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import importlib.metadata as md
 import json
+import math
 import os
 import platform
 import re
@@ -402,6 +403,18 @@ def count_instructions(args: argparse.Namespace, workdir: Path) -> dict[str, Any
     return out
 
 
+def host_loop_s() -> float:
+    """Seconds for report.HOST_LOOP iterations of an empty Python loop, best of 3: how
+    fast the host is right now (on the harness's core, the one the SUT is not on)."""
+    best = math.inf
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(report.HOST_LOOP):
+            pass
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def pinning() -> tuple[str, str] | None:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2 or shutil.which("taskset") is None:
@@ -431,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "metrics_knob": "=".join(METRICS_KNOB),
     }
+    loop_start = host_loop_s()
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     procs = Procs(workdir, cores, nice=args.nice)
     log(f"work directory {workdir}")
@@ -445,6 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta["not_measured"] = b.not_measured
         meta["paced_rps"] = getattr(args, "paced_rps_used", None)
         meta["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+        meta["host_loop_s"] = {"start": loop_start, "end": host_loop_s()}
         meta["elapsed_s"] = round((dt.datetime.now(dt.UTC) - started).total_seconds())
         results = report.build(meta, runs, args)
         args.out.mkdir(parents=True, exist_ok=True)

@@ -123,3 +123,13 @@ def test_the_cpu_bar_is_also_read_in_instructions_at_the_top_connection_count() 
                and "instructions" in str(b["bar"])]
     assert skipped[0]["result"] == "not measured"
     assert skipped[0]["note"] == "valgrind is not installed"
+
+
+def test_the_report_says_how_fast_the_host_was() -> None:
+    from bench.report import host_speed_lines
+
+    assert host_speed_lines(None) == []
+    fast = host_speed_lines({"start": 0.19, "end": 0.21})[0]
+    assert "0.19 s before the runs and 0.21 s after them" in fast and "a fast host" in fast
+    slow = host_speed_lines({"start": 0.45, "end": 0.57})[0]
+    assert "about 3.0 times slower" in slow and "instruction counts do not" in slow
