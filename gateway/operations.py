@@ -347,11 +347,15 @@ class ContactLock:
         self.sweep_at = LOCK_SWEEP_AT
 
     def hold(self, op_id: str, until: float, now: float) -> None:
-        holders = self.holders
-        holders[op_id] = until
-        if len(holders) > self.sweep_at:
-            self.holders = holders = {k: v for k, v in holders.items() if v > now}
-            self.sweep_at = max(LOCK_SWEEP_AT, 2 * len(holders))
+        self.holders[op_id] = until
+        if len(self.holders) > self.sweep_at:
+            self.sweep(now)
+
+    def sweep(self, now: float) -> bool:
+        """Drop the holders expired at ``now``; whether any is left."""
+        self.holders = {k: v for k, v in self.holders.items() if v > now}
+        self.sweep_at = max(LOCK_SWEEP_AT, 2 * len(self.holders))
+        return bool(self.holders)
 
 
 class MemoryStore:
@@ -387,14 +391,10 @@ class MemoryStore:
     def _live(self, contact: str, lock: ContactLock) -> bool:
         """Whether ``lock`` (``contact``'s) has a holder that has not expired; the expired
         are dropped, and a lock left with none is freed."""
-        now = self.clock()
-        live = {k: v for k, v in lock.holders.items() if v > now}
-        if not live:
-            del self.locks[contact]
-            return False
-        lock.holders = live
-        lock.sweep_at = max(LOCK_SWEEP_AT, 2 * len(live))
-        return True
+        if lock.sweep(self.clock()):
+            return True
+        del self.locks[contact]
+        return False
 
     def _schedule(self, op_id: str, when: float) -> None:
         self.due[op_id] = when
