@@ -32,6 +32,13 @@ Only ``gateway`` and ``gateway-redis`` take ``--ref``; ``passthrough`` is the
 baseline and ``floor`` (:mod:`bench.floor`) the least work the contract asks.
 Requests go to loopback only, each with a timeout; the harness stops every
 process it started.
+
+``--cache-sim`` also has callgrind simulate this host's caches per core (:data:`CACHES`)
+and prints the misses per request beside the instructions, net of the idle
+background like them. An instruction count predicts the CPU time on a host whose
+caches the system has to itself; where other tenants crowd the caches, a miss costs
+far more than an instruction, and the time follows the misses (README, "Why a slow
+host moves the CPU ratio").
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -64,7 +71,16 @@ REQUEST_TIMEOUT_S = 60.0
 #: How long each system is counted idle, for its background rate (see above).
 IDLE_S = 10.0
 CONTROL_TIMEOUT_S = 120.0
-_TOTALS = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
+_TOTALS = re.compile(r"^(?:summary|totals):((?:\s+\d+)+)", re.MULTILINE)
+_EVENTS = re.compile(r"^events:((?:\s+\w+)+)", re.MULTILINE)
+#: ``--cache-sim``: this host's caches per core (lscpu: 64 KiB of L1i, 64 KiB of L1d and
+#: 1 MiB of L2 over two cores), for callgrind to simulate. Its own guess from CPUID is
+#: wrong in this VM (a 256 MiB direct-mapped last level). The L2 is the last level a
+#: core has to itself; past it is the L3 that other tenants share.
+CACHES = ("--I1=32768,8,64", "--D1=32768,8,64", "--LL=524288,8,64")
+#: The misses reported, as sums of callgrind's events: instruction fetches missing L1i;
+#: data reads and writes missing L1d; anything missing the L2.
+MISSES = {"L1i": ("I1mr",), "L1d": ("D1mr", "D1mw"), "L2": ("ILmr", "DLmr", "DLmw")}
 
 
 #: The bodies ``--body`` names: the benchmark's own (``id``, as ``make bench`` posts it),
@@ -116,29 +132,50 @@ def control(pid: int, *flags: str) -> None:
 @dataclass(frozen=True)
 class Count:
     """One system's count: ``net`` (per request, the idle background taken off) is the
-    figure compared; ``raw`` per request and ``idle_per_s`` show what was taken off."""
+    figure compared; ``raw`` per request and ``idle_per_s`` show what was taken off.
+    ``misses`` (with ``--cache-sim``): cache misses per request by level, net like ``net``."""
 
     net: float
     raw: float
     idle_per_s: float
+    misses: dict[str, float] = field(default_factory=dict)
+
+
+def dumped_events(outdir: Path, pid: int) -> dict[str, int]:
+    """The event totals (``Ir``, and the misses with cache simulation) of the last dump
+    callgrind wrote for ``pid``."""
+    dumps = sorted(outdir.glob(f"callgrind.out.{pid}*"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(dumps):
+        text = path.read_text(errors="replace")
+        totals, events = _TOTALS.search(text), _EVENTS.search(text)
+        if totals and events:
+            names, values = events.group(1).split(), totals.group(1).split()
+            # The format may leave off trailing zeros.
+            values += ["0"] * (len(names) - len(values))
+            return {n: int(v) for n, v in zip(names, values, strict=False)}
+    raise RuntimeError(f"no callgrind dump with totals for pid {pid} in {outdir}")
 
 
 def dumped_total(outdir: Path, pid: int) -> int:
     """The instruction total of the last dump callgrind wrote for ``pid``."""
-    dumps = sorted(outdir.glob(f"callgrind.out.{pid}*"), key=lambda p: p.stat().st_mtime)
-    for path in reversed(dumps):
-        m = _TOTALS.search(path.read_text(errors="replace"))
-        if m:
-            return int(m.group(1))
-    raise RuntimeError(f"no callgrind dump with totals for pid {pid} in {outdir}")
+    return dumped_events(outdir, pid)["Ir"]
+
+
+def misses_of(events: dict[str, int]) -> dict[str, int]:
+    """The misses by level (:data:`MISSES`); empty without cache simulation."""
+    if "I1mr" not in events:
+        return {}
+    return {level: sum(events[e] for e in names) for level, names in MISSES.items()}
 
 
 class Harness:
     """Runs the systems under callgrind against one fake upstream (and one Redis)."""
 
     def __init__(self, procs: Procs, *, requests: int, warmup: int,
-                 connections: int, body: bytes = BODY, idempotency: bool = False) -> None:
+                 connections: int, body: bytes = BODY, idempotency: bool = False,
+                 cache_sim: bool = False) -> None:
         self.procs = procs
+        self.cache_sim = cache_sim
         self.body, self.idempotency = body, idempotency
         self.requests, self.warmup, self.connections = requests, warmup, connections
         self.py = sys.executable
@@ -175,7 +212,8 @@ class Harness:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
         outdir = self.procs.workdir / f"cg-{slug}"
         outdir.mkdir(exist_ok=True)
-        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+        sim = ["--cache-sim=yes", *CACHES] if self.cache_sim else []
+        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", *sim,
                 f"--callgrind-out-file={outdir}/callgrind.out.%p",
                 *self._argv(system, port, slug)]
         # ``python -m`` puts its working directory first on sys.path, before
@@ -198,18 +236,25 @@ class Harness:
             time.sleep(IDLE_S)
             control(proc.pid, "-d")  # a dump zeroes the counters: the next one is the run's
             started = time.monotonic()
-            idle_per_s = dumped_total(outdir, proc.pid) / (started - idle_from)
+            idle = dumped_events(outdir, proc.pid)
+            idle_s = started - idle_from
+            idle_per_s = idle["Ir"] / idle_s
             answered = asyncio.run(drive(url, self.requests, self.connections, self.body,
                                          self.idempotency))
             control(proc.pid, "-d")
             elapsed = time.monotonic() - started
             control(proc.pid, "-i", "off")
-            total = dumped_total(outdir, proc.pid)
+            run = dumped_events(outdir, proc.pid)
+            total = run["Ir"]
+            idle_misses = misses_of(idle)
+            misses = {level: (n - idle_misses[level] / idle_s * elapsed) / answered
+                      for level, n in misses_of(run).items()}
             count = Count(net=(total - idle_per_s * elapsed) / answered, raw=total / answered,
-                          idle_per_s=idle_per_s)
-            print(f"  {name}: {count.net:,.0f} instructions per request ({count.raw:,.0f} "
-                  f"less {idle_per_s:,.0f} per second idle over {elapsed:.0f} s; "
-                  f"{answered} requests under valgrind)", flush=True)
+                          idle_per_s=idle_per_s, misses=misses)
+            shown = "".join(f", {n:,.0f} {level} misses" for level, n in misses.items())
+            print(f"  {name}: {count.net:,.0f} instructions per request{shown} "
+                  f"({count.raw:,.0f} less {idle_per_s:,.0f} per second idle over "
+                  f"{elapsed:.0f} s; {answered} requests under valgrind)", flush=True)
             return count
         finally:
             self.procs.stop(proc, grace_s=30)
@@ -220,12 +265,14 @@ def available() -> bool:
 
 
 def count_systems(workdir: Path, systems: Sequence[str], *, requests: int = 1000,
-                  warmup: int = 300, connections: int = 1) -> dict[str, Count]:
+                  warmup: int = 300, connections: int = 1,
+                  cache_sim: bool = False) -> dict[str, Count]:
     """Instructions per request of each system (this tree's code), for bench.run."""
     workdir.mkdir(parents=True, exist_ok=True)
     procs = Procs(workdir, cores=None)
     try:
-        h = Harness(procs, requests=requests, warmup=warmup, connections=connections)
+        h = Harness(procs, requests=requests, warmup=warmup, connections=connections,
+                    cache_sim=cache_sim)
         h.start_upstreams(redis="gateway-redis" in systems)
         return {s: h.count(s, s) for s in systems}
     finally:
@@ -271,6 +318,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the assign posted (make bench posts id)")
     p.add_argument("--idempotency", action="store_true",
                    help="each request with an Idempotency-Key of its own")
+    p.add_argument("--cache-sim", action="store_true",
+                   help="also count cache misses per request (this host's caches, simulated)")
     args = p.parse_args(argv)
     if args.system in ("passthrough", "floor") and (args.body != "id" or args.idempotency):
         p.error(f"the {args.system} serves the id body only")
@@ -290,18 +339,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             h = Harness(procs, requests=args.requests, warmup=args.warmup,
                         connections=args.connections, body=BODIES[args.body],
-                        idempotency=args.idempotency)
+                        idempotency=args.idempotency, cache_sim=args.cache_sim)
             h.start_upstreams(redis=args.system == "gateway-redis")
             versions = {"this tree": ROOT}
             if args.ref:
                 versions = {args.ref: source_at(args.ref, Path(tmp) / "ref"), **versions}
             counts: dict[str, list[float]] = {v: [] for v in versions}
             raws: dict[str, list[float]] = {v: [] for v in versions}
+            misses: dict[str, list[dict[str, float]]] = {v: [] for v in versions}
             for r in range(args.repeat):
                 for v, source in versions.items():
                     c = h.count(args.system, f"{args.system} ({v}) r{r + 1}", source)
                     counts[v].append(c.net)
                     raws[v].append(c.raw)
+                    misses[v].append(c.misses)
             what = f"body {args.body}" + (", Idempotency-Key" if args.idempotency else "")
             print(f"\n{args.system}, {args.connections} connection(s), {args.requests} "
                   f"requests per run, {what}; instructions per request:")
@@ -309,6 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 spread = f" (runs: {', '.join(f'{c:,.0f}' for c in cs)})" if len(cs) > 1 else ""
                 print(f"  {v}: {min(cs):,.0f}{spread} (before the idle background is taken "
                       f"off: {min(raws[v]):,.0f})")
+                for run, m in enumerate(misses[v]):
+                    if m:
+                        print(f"    run {run + 1}, misses per request: "
+                              + ", ".join(f"{level} {n:,.0f}" for level, n in m.items()))
             if args.ref:
                 a, b = min(counts[args.ref]), min(counts["this tree"])
                 print(f"  change: {100 * (b - a) / a:+.1f}%")

@@ -410,6 +410,31 @@ def _instructions_section(ins: dict[str, Any]) -> list[str]:
             one = per.get(name)
             out.append(f"| {name} | {n:,.0f} | {_f(n / lbase if lbase else None)} | "
                        f"{'-' if one is None else f'{one:,.0f}'} |")
+        out += _misses_section(loaded)
+    return out
+
+
+def _misses_section(loaded: dict[str, Any]) -> list[str]:
+    """The cache misses per request of the count at the top connection count."""
+    misses: dict[str, dict[str, float]] = loaded.get("misses") or {}
+    if not any(misses.values()):
+        return []
+    levels = list(next(m for m in misses.values() if m))
+    base = misses.get("passthrough", {})
+    out = ["", f"Cache misses per request in the same runs, with callgrind simulating this "
+           f"host's caches per core (`{loaded.get('caches', '')}`): an instruction count "
+           "predicts CPU time where a system has the caches to itself; where other "
+           "tenants crowd them, a miss costs many instructions' time, and the CPU ratio "
+           "moves toward the misses' ratio (README, \"Why a slow host moves the CPU "
+           "ratio\").", "",
+           "| system | " + " | ".join(f"{lv} misses | / passthrough" for lv in levels) + " |",
+           "| --- | " + " | ".join("---: | ---:" for _ in levels) + " |"]
+    for name, m in misses.items():
+        if not m:
+            continue
+        cells = [f"{m[lv]:,.0f} | {_f(m[lv] / base[lv] if base.get(lv) else None)}"
+                 for lv in levels]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,36 @@ def test_the_report_says_how_fast_the_host_was() -> None:
     assert "561 us of CPU per request" in slow and "about 5.3 times slower" in slow
     assert "instruction counts do not" in slow
     assert "about 3.0 times slower" in host_speed_lines({"start": 0.45, "end": 0.57})[0]
+
+
+def test_cache_misses_are_shown_beside_the_loaded_count() -> None:
+    loaded = {"requests": 3000, "connections": 64, "caches": "--I1=32768,8,64",
+              "per_request": {"passthrough": 640_000.0, "gateway": 760_000.0},
+              "misses": {"passthrough": {"L1i": 10_000.0, "L1d": 12_000.0, "L2": 2_000.0},
+                         "gateway": {"L1i": 17_000.0, "L1d": 15_000.0, "L2": 2_400.0}}}
+    ins = {"requests": 1000, "connections": 1,
+           "per_request": {"passthrough": 590_000.0, "gateway": 720_000.0}, "loaded": loaded}
+    lines = _instructions_section(ins)
+    assert "| system | L1i misses | / passthrough | L1d misses | / passthrough | L2 misses " \
+           "| / passthrough |" in lines
+    assert lines[-1] == "| gateway | 17,000 | 1.70 | 15,000 | 1.25 | 2,400 | 1.20 |"
+    assert any("`--I1=32768,8,64`" in line for line in lines)
+    # Counted without the simulation: no table.
+    del loaded["misses"]
+    assert not any("L1i misses" in line for line in _instructions_section(ins))
+
+
+def test_a_dump_gives_its_events_and_the_misses_by_level(tmp_path: Path) -> None:
+    from bench.instructions import dumped_events, dumped_total, misses_of
+
+    (tmp_path / "callgrind.out.7.1").write_text(
+        "events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\nsummary: 900 5 6 70 8 9 1 2 3\n")
+    events = dumped_events(tmp_path, 7)
+    assert events["Ir"] == 900 and events["I1mr"] == 70
+    assert dumped_total(tmp_path, 7) == 900
+    assert misses_of(events) == {"L1i": 70, "L1d": 17, "L2": 6}
+    # Without the simulation: instructions only, no misses.
+    (tmp_path / "callgrind.out.8").write_text("events: Ir\ntotals: 1234\n")
+    assert dumped_total(tmp_path, 8) == 1234 and misses_of(dumped_events(tmp_path, 8)) == {}
+    with pytest.raises(RuntimeError):
+        dumped_events(tmp_path, 9)
