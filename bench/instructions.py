@@ -26,12 +26,22 @@ per request: 1% of the count in process, 8% in Redis mode, where natively under
 load it is far below 0.1%. So before the requests the system is counted idle for
 ``IDLE_S`` seconds, and that rate times the requests' own duration is taken off
 their total. Both figures are printed; the passthrough and the floor do nothing
-by the clock, so theirs are the same. ``--ref`` runs the same on the ``gateway/`` and
-``providers/`` of that commit (``git archive``) and prints both and the change.
-Only ``gateway`` and ``gateway-redis`` take ``--ref``; ``passthrough`` is the
-baseline and ``floor`` (:mod:`bench.floor`) the least work the contract asks.
-Requests go to loopback only, each with a timeout; the harness stops every
-process it started.
+by the clock, so theirs are the same.
+
+One such task costs more the more requests ran since it last did: the gateway
+collects its young objects every 30 s (``gateway.cli``), walking what the requests
+since left alive. Natively that is once per some 50,000 requests; under callgrind
+once per 1,000, so a count whose window caught one carried about 7,500
+instructions per request of it (1%) and one that did not, none. The harness
+stretches that period as callgrind stretches time (``GATEWAY_GC_YOUNG_EVERY_S``,
+:data:`SLOWDOWN` times the gateway's 30 s), so the counted requests carry a
+collection's cost per request as natively: almost none.
+
+``--ref`` runs the same on the ``gateway/`` and ``providers/`` of that commit
+(``git archive``) and prints both and the change. Only ``gateway`` and
+``gateway-redis`` take ``--ref``; ``passthrough`` is the baseline and ``floor``
+(:mod:`bench.floor`) the least work the contract asks. Requests go to loopback
+only, each with a timeout; the harness stops every process it started.
 
 ``--cache-sim`` also has callgrind simulate this host's caches per core (:data:`CACHES`)
 and prints the misses per request beside the instructions, net of the idle
@@ -64,9 +74,11 @@ import yaml
 from bench.load import CLIENT_KEY
 from bench.procs import Procs, exit_on_sigterm, free_port, wait_http_ok, wait_port
 from bench.run import BODY, METRICS_KNOB, ROOT, check_assign, gateway_config
+from gateway.cli import GC_YOUNG_ENV, GC_YOUNG_EVERY_S
 
 SYSTEMS = ("gateway", "gateway-redis", "gateway-metrics-off", "passthrough", "floor")
 #: Under callgrind the system runs about 50x slower than natively.
+SLOWDOWN = 50
 REQUEST_TIMEOUT_S = 60.0
 #: How long each system is counted idle, for its background rate (see above).
 IDLE_S = 10.0
@@ -218,7 +230,9 @@ class Harness:
                 *self._argv(system, port, slug)]
         # ``python -m`` puts its working directory first on sys.path, before
         # PYTHONPATH: the process starts in ``source`` so that its gateway is the one run.
-        env = {"PYTHONPATH": str(source), "PYTHONHASHSEED": "0"}
+        env = {"PYTHONPATH": str(source), "PYTHONHASHSEED": "0",
+               # The young collection by the clock, stretched as time is (see above).
+               GC_YOUNG_ENV: f"{SLOWDOWN * GC_YOUNG_EVERY_S:g}"}
         if system == "gateway-metrics-off":
             env[METRICS_KNOB[0]] = METRICS_KNOB[1]
         proc = self.procs.start(slug, argv, sut=True, env=env,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,25 @@ def test_hash_key_cli() -> None:
                          capture_output=True, text=True, timeout=60, check=True)
     assert run.stdout.strip() == \
         "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c"
+
+
+def test_the_young_collection_period_comes_from_the_environment() -> None:
+    from gateway.cli import GC_YOUNG_ENV, GC_YOUNG_EVERY_S, young_every_s
+
+    assert young_every_s({}) == GC_YOUNG_EVERY_S
+    assert young_every_s({GC_YOUNG_ENV: " "}) == GC_YOUNG_EVERY_S
+    assert young_every_s({GC_YOUNG_ENV: "1500"}) == 1500.0
+    for bad in ("0", "-3", "nan", "inf", "soon"):
+        with pytest.raises(ValueError, match=f"{GC_YOUNG_ENV}='{bad}': a number of seconds"):
+            young_every_s({GC_YOUNG_ENV: bad})
+
+
+def test_serve_refuses_a_bad_young_collection_period_before_listening() -> None:
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config",
+                          str(ROOT / "config" / "sandbox.yaml")],
+                         capture_output=True, text=True, timeout=60, check=False,
+                         env={**os.environ, "GATEWAY_GC_YOUNG_EVERY_S": "never"})
+    assert run.returncode == 1
+    assert "GATEWAY_GC_YOUNG_EVERY_S='never': a number of seconds above 0 is needed" \
+        in run.stderr
+    assert "serving" not in run.stdout
