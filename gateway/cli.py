@@ -232,8 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         cfg = load_config(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    try:
         young_s = young_every_s(os.environ)
-    except (ConfigError, ValueError) as e:
+    except ValueError as e:
         print(str(e), file=sys.stderr)
         return 1
     _run(_serve(cfg, args.config, args.with_sandboxes, young_s))
