@@ -443,8 +443,10 @@ HOST_LOOP = 10_000_000
 #: The host-speed loop's time (best of 3) on this machine's fast days, when the
 #: passthrough spends about 106 us of CPU per request at 64 connections: the same loop
 #: at module level (global variables, slower) took 0.32 s on those days, and the
-#: function's loop takes 0.57 to 0.63 of the module's on this machine. Its slow days
-#: take three to six times as long (README, "Performance").
+#: function's loop takes 0.57 to 0.63 of the module's on this machine. On its slow
+#: days it read 0.8 to 1.6 times that while the passthrough ran four to six times
+#: slower (the slowdown is in the caches, README, "Why a slow host moves the CPU
+#: ratio"), so the passthrough's CPU decides when it was measured.
 FAST_HOST_LOOP_S = 0.19
 
 

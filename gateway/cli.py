@@ -95,8 +95,7 @@ async def _start(app: web.Application, host: str, port: int,
     return runner
 
 
-async def _serve(cfg: Config, path: str, with_sandboxes: bool,
-                 young_s: float = GC_YOUNG_EVERY_S) -> None:
+async def _serve(cfg: Config, path: str, with_sandboxes: bool, young_s: float) -> None:
     sandbox_runners = []
     if with_sandboxes:
         for ptype, host, port, key in sandbox_targets(cfg):
