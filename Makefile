@@ -62,7 +62,7 @@ test: $(STAMP) system-deps lint typecheck native
 	GATEWAY_NATIVE=0 $(BIN)/pytest -q -p no:cacheprovider tests/e2e tests/core tests/unit
 
 # The gateway next to a bare passthrough (writes bench/RESULTS.md, bench/results.json).
-# Needs wrk and valgrind as well, installed like the tests' packages; 13 to 19 minutes.
+# Needs wrk and valgrind as well, installed like the tests' packages; 16 to 22 minutes.
 BENCH_ARGS ?=
 bench: native
 	@$(MAKE) --no-print-directory system-deps SYSTEM_TOOLS="$(SYSTEM_TOOLS) wrk:wrk valgrind:valgrind"

@@ -379,6 +379,7 @@ def _instructions_section(ins: dict[str, Any]) -> list[str]:
             "off at that rate. Under callgrind a request takes about 50 times as long as "
             "natively, so that work would otherwise be counted about 50 times over. The "
             "count before that is shown beside it.", "",
+            *_fill_lines(ins.get("fill")),
             "*floor* (`bench/floor.py`) is not a gateway but a yardstick: one handler that "
             "does, inline on the passthrough's stack, only what every assign must do by the "
             "contract (request id, key hash, client and provider buckets with `RateLimit-*` "
@@ -412,6 +413,17 @@ def _instructions_section(ins: dict[str, Any]) -> list[str]:
                        f"{'-' if one is None else f'{one:,.0f}'} |")
         out += _misses_section(loaded)
     return out
+
+
+def _fill_lines(fill: int | None) -> list[str]:
+    """What the counts' fill did (bench.instructions), when they had one."""
+    if not fill:
+        return []
+    return [f"The systems that keep finished operations in process (the floor and the "
+            f"in-process gateway, up to {fill:,} each) were first sent {fill:,} assigns, "
+            "so each count sees a full store, as a serving gateway has within seconds: "
+            "every request evicts the oldest record, and no kept record is left for the "
+            "collector's young generation to walk.", ""]
 
 
 def _misses_section(loaded: dict[str, Any]) -> list[str]:

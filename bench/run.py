@@ -355,6 +355,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-sim", action=argparse.BooleanOptionalAction, default=True,
                    help="simulate the caches in the count at the top connection count, and "
                         "report the misses per request (default: on)")
+    p.add_argument("--fill", action=argparse.BooleanOptionalAction, default=True,
+                   help="before each count, fill the store of a system that keeps finished "
+                        "operations, so that the count sees its steady state (default: on; "
+                        "see bench.instructions)")
     p.add_argument("--start-attempts", type=int, default=4)
     p.add_argument("--start-retry-s", type=float, default=15.0)
     p.add_argument("--out", type=Path, default=ROOT / "bench")
@@ -382,9 +386,10 @@ def count_instructions(args: argparse.Namespace, workdir: Path) -> dict[str, Any
     log(f"counting instructions per request under callgrind ({args.instructions} requests "
         "per system, 1 connection)")
     counts = instructions.count_systems(workdir / "instructions", systems,
-                                        requests=args.instructions)
+                                        requests=args.instructions, fill=args.fill)
     # per_request: net of the idle background (bench.instructions explains why).
-    out: dict[str, Any] = {"requests": args.instructions, "connections": 1,
+    fill = instructions.FILL_REQUESTS if args.fill else 0
+    out: dict[str, Any] = {"requests": args.instructions, "connections": 1, "fill": fill,
                            "per_request": {s: c.net for s, c in counts.items()},
                            "raw_per_request": {s: c.raw for s, c in counts.items()},
                            "idle_per_s": {s: c.idle_per_s for s, c in counts.items()}}
@@ -402,8 +407,9 @@ def count_instructions(args: argparse.Namespace, workdir: Path) -> dict[str, Any
         loaded = instructions.count_systems(
             workdir / "instructions-loaded", ["passthrough", "floor", "gateway"],
             requests=args.instructions_loaded, warmup=1000, connections=top,
-            cache_sim=args.cache_sim)
+            cache_sim=args.cache_sim, fill=args.fill)
         out["loaded"] = {"requests": args.instructions_loaded, "connections": top,
+                         "fill": fill,
                          "per_request": {s: c.net for s, c in loaded.items()},
                          "raw_per_request": {s: c.raw for s, c in loaded.items()},
                          "idle_per_s": {s: c.idle_per_s for s, c in loaded.items()}}

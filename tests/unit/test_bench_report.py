@@ -170,3 +170,32 @@ def test_a_dump_gives_its_events_and_the_misses_by_level(tmp_path: Path) -> None
     assert dumped_total(tmp_path, 8) == 1234 and misses_of(dumped_events(tmp_path, 8)) == {}
     with pytest.raises(RuntimeError):
         dumped_events(tmp_path, 9)
+
+
+def test_a_system_that_keeps_operations_is_filled_before_it_is_counted(tmp_path: Path) -> None:
+    from bench.instructions import FILL_CONNECTIONS, FILL_REQUESTS, Harness
+    from bench.procs import Procs
+    from gateway.operations import MEMORY_FINALS
+
+    # As many as the gateway keeps in process: past them, every request evicts one.
+    assert FILL_REQUESTS == MEMORY_FINALS
+    h = Harness(Procs(tmp_path, cores=None), requests=1000, warmup=300, connections=1)
+    for system in ("gateway", "gateway-metrics-off", "floor"):
+        assert h.warmups(system) == [(FILL_REQUESTS, FILL_CONNECTIONS), (300, 1)]
+    # Nothing to fill: the passthrough keeps nothing, Redis mode keeps its records in Redis.
+    for system in ("passthrough", "gateway-redis"):
+        assert h.warmups(system) == [(300, 1)]
+    loaded = Harness(Procs(tmp_path, cores=None), requests=3000, warmup=1000, connections=64)
+    assert loaded.warmups("gateway") == [(FILL_REQUESTS, 64), (1000, 64)]
+    unfilled = Harness(Procs(tmp_path, cores=None), requests=1000, warmup=300, connections=1,
+                       fill=False)
+    assert unfilled.warmups("gateway") == [(300, 1)]
+
+
+def test_the_report_says_the_counts_were_filled() -> None:
+    ins = {"requests": 1000, "connections": 1, "fill": 10_000,
+           "per_request": {"passthrough": 590_000.0, "gateway": 720_000.0}}
+    text = "\n".join(_instructions_section(ins))
+    assert "first sent 10,000 assigns" in text
+    ins["fill"] = 0
+    assert "first sent" not in "\n".join(_instructions_section(ins))
