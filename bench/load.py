@@ -51,6 +51,8 @@ class Run:
     core_other_util: float | None
     extra_cpu_us_per_req: dict[str, float]
     think_ms: float = 0.0
+    # Of core_other_util, the hypervisor's steal (another guest ran on the host's CPU).
+    core_steal_util: float | None = None
     redis_cmds_per_req: dict[str, float] = field(default_factory=dict)
     # TCP handshakes the kernel dropped because a listen queue was full (machine-wide
     # counter, so other work on the machine may add to it): a server that accepts too
@@ -96,12 +98,16 @@ def listen_drops() -> int:
     return int(values.get("ListenDrops", 0))
 
 
-def core_busy_s(core: str) -> float:
-    """Busy seconds of one CPU since boot (user nice system irq softirq steal), /proc/stat."""
-    for line in Path("/proc/stat").read_text().splitlines():
+def core_times_s(core: str, stat: str | None = None) -> tuple[float, float]:
+    """Seconds of one CPU since boot, from ``/proc/stat`` (or ``stat``): busy (user nice
+    system irq softirq steal) and, of those, steal (the hypervisor ran another guest
+    while this one had work: on a shared VM, the part of the noise no process here made)."""
+    text = Path("/proc/stat").read_text() if stat is None else stat
+    for line in text.splitlines():
         if line.startswith(f"cpu{core} "):
             v = [int(x) for x in line.split()[1:]]
-            return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / CLK_TCK
+            steal = v[7] if len(v) > 7 else 0
+            return (v[0] + v[1] + v[2] + v[5] + v[6] + steal) / CLK_TCK, steal / CLK_TCK
     raise ValueError(f"no cpu{core} in /proc/stat")
 
 
@@ -116,7 +122,7 @@ def wrk(target: Target, *, connections: int, duration_s: float, phase: str, roun
     pids = {"sut": target.pid} if target.pid is not None else {}
     pids.update(target.extra_pids)
     calls0 = redis_calls(target.redis_port) if target.redis_port else {}
-    busy0 = core_busy_s(sut_core) if sut_core is not None else None
+    times0 = core_times_s(sut_core) if sut_core is not None else None
     drops0 = listen_drops()
     before = {k: cpu_seconds(p) for k, p in pids.items()}
     t0 = time.monotonic()
@@ -130,7 +136,10 @@ def wrk(target: Target, *, connections: int, duration_s: float, phase: str, roun
     wall = time.monotonic() - t0
     stdout, stderr = raw_out.decode(errors="replace"), raw_err.decode(errors="replace")
     after = {k: cpu_seconds(p) for k, p in pids.items()}
-    busy = None if busy0 is None or sut_core is None else core_busy_s(sut_core) - busy0
+    times1 = core_times_s(sut_core) if sut_core is not None else None
+    busy = steal = None
+    if times0 is not None and times1 is not None:
+        busy, steal = times1[0] - times0[0], times1[1] - times0[1]
     calls1 = redis_calls(target.redis_port) if target.redis_port else {}
     drops = listen_drops() - drops0
     line = next((ln for ln in stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
@@ -152,6 +161,7 @@ def wrk(target: Target, *, connections: int, duration_s: float, phase: str, roun
         cpu_s=sut_cpu, cpu_us_per_req=per_req.get("sut"),
         core_util=None if sut_cpu is None else sut_cpu / wall,
         core_other_util=None if busy is None else max(0.0, busy - (sut_cpu or 0.0)) / wall,
+        core_steal_util=None if steal is None else steal / wall,
         extra_cpu_us_per_req={k: v for k, v in per_req.items() if k != "sut"},
         think_ms=think_ms,
         listen_drops=drops,

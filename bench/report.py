@@ -38,6 +38,8 @@ def progress_line(r: Run) -> str:
     cpu = "" if r.cpu_us_per_req is None else f" cpu {r.cpu_us_per_req:.0f} us/req"
     util = "" if r.core_util is None else f" core {r.core_util:.0%}"
     other = "" if r.core_other_util is None else f" other {r.core_other_util:.0%}"
+    if r.core_other_util is not None and r.core_steal_util:
+        other += f" (steal {r.core_steal_util:.0%})"
     think = f" think {r.think_ms:.0f} ms" if r.think_ms else ""
     return (f"{r.phase} r{r.round} c{r.connections}{think} {r.system}: {r.rps:.0f} req/s "
             f"p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms{cpu}{util}{other}"
@@ -415,6 +417,17 @@ def _instructions_section(ins: dict[str, Any]) -> list[str]:
     return out
 
 
+def _steal_part(runs: list[dict[str, Any]]) -> str:
+    """How much of the measured core's other load was the hypervisor's steal."""
+    steals: list[float] = [r["core_steal_util"] for r in runs if r["phase"] == "main"
+                           and r["system"] != "direct"
+                           and r.get("core_steal_util") is not None]
+    if not steals:
+        return ""
+    return (f" (of which the hypervisor's steal: a median {_median(steals):.0%}, up to "
+            f"{max(steals):.0%})")
+
+
 def _fill_lines(fill: int | None) -> list[str]:
     """What the counts' fill did (bench.instructions), when they had one."""
     if not fill:
@@ -546,15 +559,16 @@ def markdown(results: dict[str, Any]) -> str:
             "by the requests it answered. *SUT core busy*: its CPU time over wall time (100% "
             "is saturated). *req per CPU-s*: requests per second of its CPU, what one "
             "dedicated core would sustain. *Other load*: the rest of that core's busy time "
-            "(other processes on the machine): the run's noise.", ""]
+            "(other processes on the machine, interrupts, and the hypervisor's steal, when "
+            "it ran another guest while this one had work): the run's noise.", ""]
     others = [r["core_other_util"] for r in results["runs"] if r["phase"] == "main"
               and r["system"] != "direct" and r["core_other_util"] is not None]
     noise = _median(others)
     if noise is not None and noise > 0.10:
-        out += [f"**Noise:** other processes took a median {noise:.0%} (up to {max(others):.0%}) "
-                "of the measured core during these runs, so every req/s figure is lower than "
-                "on a quiet machine and the ratios are noisier; CPU per request and req per "
-                "CPU-s are the steadier figures.", ""]
+        out += [f"**Noise:** other work took a median {noise:.0%} (up to {max(others):.0%}) "
+                f"of the measured core during these runs{_steal_part(results['runs'])}, so "
+                "every req/s figure is lower than on a quiet machine and the ratios are "
+                "noisier; CPU per request and req per CPU-s are the steadier figures.", ""]
     out += _system_table(summary, "main")
     out += ["", *_drift(results["runs"], results["top_connections"])]
     ab = results.get("metrics_ab")

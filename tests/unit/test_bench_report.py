@@ -199,3 +199,36 @@ def test_the_report_says_the_counts_were_filled() -> None:
     assert "first sent 10,000 assigns" in text
     ins["fill"] = 0
     assert "first sent" not in "\n".join(_instructions_section(ins))
+
+
+def test_the_measured_core_s_steal_is_read_apart_from_its_busy_time() -> None:
+    from bench.load import CLK_TCK, core_times_s
+
+    stat = ("cpu  126626 0 15886 249262 958 0 6465 8892 0 0\n"
+            "cpu0 45066 0 4769 145887 144 0 3614 4949 0 0\n"
+            "cpu1 81559 0 11117 103375 814 0 2850 3943 0 0\n")
+    busy, steal = core_times_s("0", stat)
+    # user + nice + system + irq + softirq + steal; idle and iowait are not busy.
+    assert busy == pytest.approx((45066 + 4769 + 3614 + 4949) / CLK_TCK)
+    assert steal == pytest.approx(4949 / CLK_TCK)
+    # A kernel that reports no steal column.
+    assert core_times_s("1", "cpu1 10 0 5 100 0 0 1\n") == (16 / CLK_TCK, 0.0)
+    with pytest.raises(ValueError):
+        core_times_s("7", stat)
+
+
+def test_the_progress_line_and_the_noise_note_say_how_much_was_steal() -> None:
+    from dataclasses import asdict, replace
+
+    from bench.report import _steal_part, progress_line
+
+    run = replace(_run("gateway", "main", 1, 2000.0), core_other_util=0.54,
+                  core_steal_util=0.40)
+    assert progress_line(run).endswith(" other 54% (steal 40%)")
+    assert progress_line(replace(run, core_steal_util=0.0)).endswith(" other 54%")
+    quiet = replace(run, core_steal_util=0.10)
+    runs = [asdict(run), asdict(quiet), asdict(replace(run, system="direct"))]
+    assert _steal_part(runs) == " (of which the hypervisor's steal: a median 25%, up to 40%)"
+    # Results written before steal was read: nothing said.
+    old = [{k: v for k, v in r.items() if k != "core_steal_util"} for r in runs]
+    assert _steal_part(old) == ""
