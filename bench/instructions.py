@@ -42,8 +42,8 @@ the floor keep :data:`~gateway.operations.MEMORY_FINALS`) is first sent that man
 assigns (:data:`FILL_REQUESTS`, at :data:`FILL_CONNECTIONS` or more connections, for
 speed), so that the count sees the steady state a serving gateway reaches within
 seconds: its store full, each request evicting the oldest record. From a fresh store
-the count saw another system: no evictions (at one connection the gateway counts
-about 4,000 instructions per request fewer unfilled), but each kept record left in
+the count saw another system: no evictions (at one connection the gateway counted
+1,600 to 4,000 instructions per request fewer unfilled), but each kept record left in
 the collector's young generation, which the gateway then walked once per few
 thousand requests (one walk in a 64-connection count: 12.7 million instructions,
 4,200 per request, and 150 L2 misses per request). ``--no-fill`` counts from a fresh
