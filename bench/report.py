@@ -418,10 +418,10 @@ def _instructions_section(ins: dict[str, Any]) -> list[str]:
 
 
 def _steal_part(runs: list[dict[str, Any]]) -> str:
-    """How much of the measured core's other load was the hypervisor's steal."""
-    steals: list[float] = [r["core_steal_util"] for r in runs if r["phase"] == "main"
-                           and r["system"] != "direct"
-                           and r.get("core_steal_util") is not None]
+    """How much of the measured core's other load was the hypervisor's steal, over
+    ``runs`` (those whose other load the noise note reads)."""
+    steals: list[float] = [r["core_steal_util"] for r in runs
+                           if r.get("core_steal_util") is not None]
     if not steals:
         return ""
     return (f" (of which the hypervisor's steal: a median {_median(steals):.0%}, up to "
@@ -561,12 +561,13 @@ def markdown(results: dict[str, Any]) -> str:
             "dedicated core would sustain. *Other load*: the rest of that core's busy time "
             "(other processes on the machine, interrupts, and the hypervisor's steal, when "
             "it ran another guest while this one had work): the run's noise.", ""]
-    others = [r["core_other_util"] for r in results["runs"] if r["phase"] == "main"
-              and r["system"] != "direct" and r["core_other_util"] is not None]
+    measured = [r for r in results["runs"] if r["phase"] == "main"
+                and r["system"] != "direct" and r["core_other_util"] is not None]
+    others = [r["core_other_util"] for r in measured]
     noise = _median(others)
     if noise is not None and noise > 0.10:
         out += [f"**Noise:** other work took a median {noise:.0%} (up to {max(others):.0%}) "
-                f"of the measured core during these runs{_steal_part(results['runs'])}, so "
+                f"of the measured core during these runs{_steal_part(measured)}, so "
                 "every req/s figure is lower than on a quiet machine and the ratios are "
                 "noisier; CPU per request and req per CPU-s are the steadier figures.", ""]
     out += _system_table(summary, "main")

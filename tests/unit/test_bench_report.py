@@ -227,7 +227,7 @@ def test_the_progress_line_and_the_noise_note_say_how_much_was_steal() -> None:
     assert progress_line(run).endswith(" other 54% (steal 40%)")
     assert progress_line(replace(run, core_steal_util=0.0)).endswith(" other 54%")
     quiet = replace(run, core_steal_util=0.10)
-    runs = [asdict(run), asdict(quiet), asdict(replace(run, system="direct"))]
+    runs = [asdict(run), asdict(quiet)]
     assert _steal_part(runs) == " (of which the hypervisor's steal: a median 25%, up to 40%)"
     # Results written before steal was read: nothing said.
     old = [{k: v for k, v in r.items() if k != "core_steal_util"} for r in runs]
